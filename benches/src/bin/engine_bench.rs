@@ -1,0 +1,291 @@
+//! Engine benchmark: depot append throughput and end-to-end batch throughput and commit
+//! latency, each measured side by side with raw RocksDB `WriteBatch` + sync writing the same
+//! bytes (the ceiling on this machine). Prints medians of several runs and the ratios.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use lockstep::{Depot, Engine, EngineOptions};
+use lockstep_topologies::counter::{counter, CountEvent, TOPOLOGY};
+use rocksdb::{WriteBatch, WriteOptions, DB};
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Runs per configuration; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Seconds per append run.
+    #[arg(long, default_value_t = 1.5)]
+    seconds: f64,
+    /// Events for the end-to-end batch run.
+    #[arg(long, default_value_t = 400_000)]
+    events: u64,
+    /// Partitions for the end-to-end run.
+    #[arg(long, default_value_t = 8)]
+    partitions: u32,
+}
+
+/// A 100-byte record once in its envelope (5 header bytes + 1 length byte + 94 payload bytes).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Payload(Vec<u8>);
+
+const PAYLOAD_BYTES: usize = 94;
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn percentile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+fn synced() -> WriteOptions {
+    let mut options = WriteOptions::default();
+    options.set_sync(true);
+    options
+}
+
+/// Runs `threads` workers until the deadline; each call of `work` writes `batch` records.
+fn run_for<F>(threads: usize, seconds: f64, batch: usize, work: F) -> anyhow::Result<f64>
+where
+    F: Fn(usize, u64) -> anyhow::Result<()> + Sync,
+{
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let started = Instant::now();
+    let counts: Vec<anyhow::Result<u64>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let work = &work;
+                scope.spawn(move || {
+                    let mut calls = 0u64;
+                    while Instant::now() < deadline {
+                        work(t, calls)?;
+                        calls += 1;
+                    }
+                    Ok(calls * batch as u64)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("worker panicked")))
+            })
+            .collect()
+    });
+    let mut records = 0;
+    for count in counts {
+        records += count?;
+    }
+    Ok(records as f64 / started.elapsed().as_secs_f64())
+}
+
+fn engine_append(dir: &Path, threads: usize, batch: usize, seconds: f64) -> anyhow::Result<f64> {
+    let depot = Depot::<Payload>::explicit("bench", 8, |_| 0)?;
+    // Spread partitions by thread rather than hashing the payload.
+    let depot_by_thread: Vec<Depot<Payload>> = (0..threads)
+        .map(|t| Depot::<Payload>::explicit("bench", 8, move |_| (t % 8) as u32))
+        .collect::<Result<_, _>>()?;
+    let mut options = EngineOptions::default();
+    options.append_queue_max = 1 << 14;
+    let engine = Engine::builder(dir).options(options).depot(&depot).open()?;
+    drop(depot);
+    let records: Vec<Payload> = (0..batch)
+        .map(|i| Payload(vec![(i % 251) as u8; PAYLOAD_BYTES]))
+        .collect();
+    let rate = run_for(threads, seconds, batch, |t, _| {
+        // The same declaration as `depot` (name, partitions, limit): the engine accepts it.
+        engine.append_many(&depot_by_thread[t], &records)?;
+        Ok(())
+    })?;
+    Ok(rate)
+}
+
+fn raw_append(dir: &Path, threads: usize, batch: usize, seconds: f64) -> anyhow::Result<f64> {
+    let db = DB::open_default(dir)?;
+    let value = {
+        let depot = Depot::<Payload>::explicit("raw", 1, |_| 0)?;
+        depot.encode(&Payload(vec![7; PAYLOAD_BYTES]))?
+    };
+    anyhow::ensure!(value.len() == 100, "record is {} bytes", value.len());
+    run_for(threads, seconds, batch, |t, call| {
+        let mut wb = WriteBatch::default();
+        for i in 0..batch as u64 {
+            let mut key = [0u8; 16];
+            key[..8].copy_from_slice(&(t as u64).to_be_bytes());
+            key[8..].copy_from_slice(&(call * batch as u64 + i).to_be_bytes());
+            wb.put(key, &value);
+        }
+        db.write_opt(wb, &synced())?;
+        Ok(())
+    })
+}
+
+struct BatchRun {
+    events_per_s: f64,
+    batches: usize,
+    commit_p50_us: u64,
+    commit_p99_us: u64,
+    batch_p50_us: u64,
+    batch_p99_us: u64,
+    /// Per batch: entries written and their average size, to replay as the raw ceiling.
+    shapes: Vec<(u64, usize)>,
+    records_per_batch: f64,
+}
+
+fn engine_batches(dir: &Path, args: &Args) -> anyhow::Result<BatchRun> {
+    let counter = counter(args.partitions)?;
+    let engine = Engine::builder(dir)
+        .options(EngineOptions::manual())
+        .depot(&counter.events)
+        .topology(counter.topology.clone())
+        .open()?;
+    let events: Vec<CountEvent> = (0..args.events)
+        .map(|i| CountEvent {
+            key: format!("key-{}", i % 50_000),
+            group: format!("group-{}", i % 64),
+            amount: 1,
+        })
+        .collect();
+    for chunk in events.chunks(1_000) {
+        engine.append_many(&counter.events, chunk)?;
+    }
+    let started = Instant::now();
+    let mut summaries = Vec::new();
+    while let Some(summary) = engine.run_batch(TOPOLOGY)? {
+        summaries.push(summary);
+    }
+    let elapsed = started.elapsed();
+    let entries = engine.raw_state_entries()?;
+    let entry_bytes = entries
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .sum::<usize>()
+        / entries.len().max(1);
+    let mut commit: Vec<u64> = summaries.iter().map(|s| s.commit_latency_us).collect();
+    let mut batch: Vec<u64> = summaries.iter().map(|s| s.batch_latency_us).collect();
+    commit.sort_unstable();
+    batch.sort_unstable();
+    Ok(BatchRun {
+        events_per_s: args.events as f64 / elapsed.as_secs_f64(),
+        batches: summaries.len(),
+        commit_p50_us: percentile(&commit, 0.5),
+        commit_p99_us: percentile(&commit, 0.99),
+        batch_p50_us: percentile(&batch, 0.5),
+        batch_p99_us: percentile(&batch, 0.99),
+        shapes: summaries.iter().map(|s| (s.writes, entry_bytes)).collect(),
+        records_per_batch: args.events as f64 / summaries.len().max(1) as f64,
+    })
+}
+
+/// Writes the same number of entries of the same average size per batch, synced.
+fn raw_batches(
+    dir: &Path,
+    shapes: &[(u64, usize)],
+    events: u64,
+) -> anyhow::Result<(f64, u64, u64)> {
+    let db = DB::open_default(dir)?;
+    let mut latencies = Vec::new();
+    let started = Instant::now();
+    let mut n = 0u64;
+    for (writes, entry_bytes) in shapes {
+        let mut wb = WriteBatch::default();
+        for _ in 0..*writes {
+            let key = n.to_be_bytes();
+            n += 1;
+            wb.put(key, vec![1u8; entry_bytes.saturating_sub(8)]);
+        }
+        let call = Instant::now();
+        db.write_opt(wb, &synced())?;
+        latencies.push(call.elapsed().as_micros() as u64);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort_unstable();
+    Ok((
+        events as f64 / elapsed.as_secs_f64(),
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+    ))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
+    println!(
+        "engine-bench: {} runs per row, medians; {} cores",
+        args.runs,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!();
+    println!("depot append, 100-byte records (records/s, durable when acknowledged)");
+    println!(
+        "{:>9} {:>9} {:>14} {:>14} {:>8}",
+        "batch", "appenders", "lockstep", "raw rocksdb", "ratio"
+    );
+    for threads in [1usize, 8] {
+        for batch in [1usize, 100, 1000] {
+            let mut engine_rates = Vec::new();
+            let mut raw_rates = Vec::new();
+            for _ in 0..args.runs {
+                // Interleave the two systems so drift on a shared machine hits both.
+                let dir = tempfile::tempdir()?;
+                engine_rates.push(engine_append(dir.path(), threads, batch, args.seconds)?);
+                let dir = tempfile::tempdir()?;
+                raw_rates.push(raw_append(dir.path(), threads, batch, args.seconds)?);
+            }
+            let (engine, raw) = (median(engine_rates), median(raw_rates));
+            println!(
+                "{batch:>9} {threads:>9} {engine:>14.0} {raw:>14.0} {:>7.0}%",
+                100.0 * engine / raw
+            );
+        }
+    }
+
+    println!();
+    println!(
+        "end to end: counter topology, {} events pre-appended, {} partitions, manual batches",
+        args.events, args.partitions
+    );
+    let mut rows = Vec::new();
+    for _ in 0..args.runs {
+        let dir = tempfile::tempdir()?;
+        let run = engine_batches(dir.path(), &args).context("engine batch run")?;
+        let dir = tempfile::tempdir()?;
+        let raw = raw_batches(dir.path(), &run.shapes, args.events)?;
+        rows.push((run, raw));
+    }
+    rows.sort_by(|a, b| a.0.events_per_s.total_cmp(&b.0.events_per_s));
+    let (run, (raw_rate, raw_p50, raw_p99)) = &rows[rows.len() / 2];
+    println!(
+        "  lockstep     {:>10.0} events/s  {} batches (~{:.0} records each)",
+        run.events_per_s, run.batches, run.records_per_batch
+    );
+    println!(
+        "  raw rocksdb  {:>10.0} events/s  (same entries per batch, synced)",
+        raw_rate
+    );
+    println!(
+        "  ratio        {:>9.0}%",
+        100.0 * run.events_per_s / raw_rate
+    );
+    println!(
+        "  commit write p50 {} us  p99 {} us   (raw synced write of the same size: p50 {} us  p99 {} us)",
+        run.commit_p50_us, run.commit_p99_us, raw_p50, raw_p99
+    );
+    println!(
+        "  whole batch  p50 {} us  p99 {} us   (plan + read + execute + commit)",
+        run.batch_p50_us, run.batch_p99_us
+    );
+    println!(
+        "  commit overhead beyond the raw synced write: p50 {} us",
+        run.commit_p50_us.saturating_sub(*raw_p50)
+    );
+    Ok(())
+}

@@ -1,0 +1,364 @@
+//! Batch execution: runs a topology's handlers over one batch of input, deterministically.
+//!
+//! ## Processing order (a documented contract)
+//!
+//! 1. **Round 0**: every partition `p` handles its input: for each consumed depot in
+//!    declaration order, that depot's records of partition `p` in offset order.
+//! 2. **Routing**: messages sent in a round are delivered in the next round. Partition `q`
+//!    receives them ordered by sending partition (ascending), then by the order they were sent.
+//! 3. **Round r ≥ 1**: every partition handles its delivered messages in that order. Rounds
+//!    repeat until no messages remain, or fail the batch past `rounds_max`.
+//!
+//! Partitions of one round run in parallel, but a partition only touches its own keys and its
+//! own outbox, so the result is the same as running them one after another in partition order:
+//! the same input gives the same write sets, byte for byte, whatever the thread count.
+
+use std::sync::Arc;
+
+use crate::ctx::{Ctx, HandlerError, View};
+use crate::schema::{DepotSpec, PStateSpec};
+use crate::store::{StateRead, StoreError, WriteSet};
+use crate::topology::{Consumer, MessageFn, RecordId};
+
+/// The catalog ids the engine resolved for a topology's names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedIds {
+    /// One id per consumed depot, in consumption order.
+    pub depot_ids: Vec<u32>,
+    /// One id per PState, in declaration order.
+    pub pstate_ids: Vec<u32>,
+    /// The id of the topology's outcome table.
+    pub outcome_pstate_id: u32,
+}
+
+/// The records one partition handles in round 0.
+#[derive(Debug, Clone, Default)]
+pub struct PartitionInput {
+    /// One slice per consumed depot, in consumption order: `(offset, envelope)` ascending.
+    pub slices: Vec<Vec<(u64, Vec<u8>)>>,
+}
+
+/// The input of one batch.
+#[derive(Debug, Clone, Default)]
+pub struct BatchInput {
+    /// The id the batch commits under.
+    pub batch_id: u64,
+    /// Indexed by partition.
+    pub partitions: Vec<PartitionInput>,
+}
+
+/// What one batch produced.
+#[derive(Debug, Clone, Default)]
+pub struct BatchOutput {
+    /// The final write set of each partition, indexed by partition.
+    pub writes: Vec<WriteSet>,
+    /// Rounds run, including round 0.
+    pub rounds: u32,
+    /// Depot records handled.
+    pub records: u64,
+    /// Messages delivered.
+    pub messages: u64,
+}
+
+/// Why a batch failed. Nothing of a failed batch is committed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BatchError {
+    /// A handler returned an error.
+    #[error("handler failed on partition {partition} in round {round}{}: {source}", record_suffix(.record))]
+    Handler {
+        /// Where.
+        partition: u32,
+        /// Which round (0 = depot records).
+        round: u32,
+        /// The record being handled, in round 0.
+        record: Option<RecordId>,
+        /// What went wrong.
+        #[source]
+        source: HandlerError,
+    },
+    /// Messages were still flowing after `rounds_max` rounds.
+    #[error("batch still had messages after {rounds_max} rounds (raise rounds_max, or look for a message cycle)")]
+    RoundsExceeded {
+        /// The bound.
+        rounds_max: u32,
+    },
+    /// One round sent more messages than allowed.
+    #[error("round {round} sent {messages} messages, over the limit of {messages_max}")]
+    MessagesExceeded {
+        /// The round.
+        round: u32,
+        /// How many it sent.
+        messages: usize,
+        /// The bound.
+        messages_max: usize,
+    },
+    /// The input does not match the topology (an engine bug, reported rather than ignored).
+    #[error("batch input has {got} partitions/slices where the topology expects {expected}")]
+    InputShape {
+        /// Expected count.
+        expected: usize,
+        /// Given count.
+        got: usize,
+    },
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn record_suffix(record: &Option<RecordId>) -> String {
+    match record {
+        Some(r) => format!(
+            " at depot {} partition {} offset {}",
+            r.depot_id, r.partition, r.offset
+        ),
+        None => String::new(),
+    }
+}
+
+/// The object-safe face of a typed topology.
+pub(crate) trait RunBatch: Send + Sync {
+    fn name(&self) -> &str;
+    fn partitions(&self) -> u32;
+    fn consumed_depots(&self) -> Vec<Arc<DepotSpec>>;
+    fn pstates(&self) -> &[Arc<PStateSpec>];
+    fn execute(
+        &self,
+        input: BatchInput,
+        ids: &ResolvedIds,
+        base: &dyn StateRead,
+        threads: usize,
+    ) -> Result<BatchOutput, BatchError>;
+}
+
+pub(crate) struct TypedTopology<M> {
+    pub(crate) name: Arc<str>,
+    pub(crate) partitions: u32,
+    pub(crate) consumers: Vec<Consumer<M>>,
+    pub(crate) on_message: Option<Arc<MessageFn<M>>>,
+    pub(crate) pstates: Vec<Arc<PStateSpec>>,
+    pub(crate) rounds_max: u32,
+    pub(crate) round_messages_max: usize,
+}
+
+/// One partition's working state for the whole batch.
+struct PartitionWork<M> {
+    writes: WriteSet,
+    records: Vec<Vec<(u64, Vec<u8>)>>,
+    inbox: Vec<M>,
+    outbox: Vec<(u32, M)>,
+}
+
+/// Rounds smaller than this run on the calling thread: spawning costs more than they do.
+const PARALLEL_ITEMS_MIN: usize = 256;
+
+impl<M: Send + 'static> TypedTopology<M> {
+    fn run_partition(
+        &self,
+        partition: u32,
+        round: u32,
+        work: &mut PartitionWork<M>,
+        batch_id: u64,
+        ids: &ResolvedIds,
+        base: &dyn StateRead,
+    ) -> Result<(), BatchError> {
+        let records = std::mem::take(&mut work.records);
+        let inbox = std::mem::take(&mut work.inbox);
+        let mut ctx = Ctx {
+            topology: &self.name,
+            partition,
+            partitions: self.partitions,
+            batch_id,
+            record: None,
+            pstate_ids: &ids.pstate_ids,
+            outcome_pstate_id: ids.outcome_pstate_id,
+            view: View {
+                base,
+                writes: &mut work.writes,
+            },
+            outbox: &mut work.outbox,
+            has_message_handler: self.on_message.is_some(),
+        };
+        for ((consumer, depot_id), slice) in self.consumers.iter().zip(&ids.depot_ids).zip(records)
+        {
+            for (offset, bytes) in slice {
+                let record = RecordId {
+                    depot_id: *depot_id,
+                    partition,
+                    offset,
+                };
+                ctx.record = Some(record);
+                (consumer.handler)(&mut ctx, &bytes).map_err(|source| BatchError::Handler {
+                    partition,
+                    round,
+                    record: Some(record),
+                    source,
+                })?;
+            }
+        }
+        ctx.record = None;
+        if !inbox.is_empty() {
+            let handler = self.on_message.as_ref().ok_or(BatchError::Handler {
+                partition,
+                round,
+                record: None,
+                source: HandlerError::NoMessageHandler,
+            })?;
+            for message in inbox {
+                handler(&mut ctx, message).map_err(|source| BatchError::Handler {
+                    partition,
+                    round,
+                    record: None,
+                    source,
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn run_round(
+        &self,
+        round: u32,
+        work: &mut [PartitionWork<M>],
+        batch_id: u64,
+        ids: &ResolvedIds,
+        base: &dyn StateRead,
+        threads: usize,
+    ) -> Result<(), BatchError> {
+        let items: usize = work
+            .iter()
+            .map(|w| w.inbox.len() + w.records.iter().map(Vec::len).sum::<usize>())
+            .sum();
+        let busy = work
+            .iter()
+            .filter(|w| !w.inbox.is_empty() || w.records.iter().any(|s| !s.is_empty()))
+            .count();
+        if threads <= 1 || busy <= 1 || items < PARALLEL_ITEMS_MIN {
+            for (p, w) in work.iter_mut().enumerate() {
+                self.run_partition(p as u32, round, w, batch_id, ids, base)?;
+            }
+            return Ok(());
+        }
+        let chunk = work.len().div_ceil(threads);
+        let results: Vec<Result<(), BatchError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = work
+                .chunks_mut(chunk)
+                .enumerate()
+                .map(|(c, chunk_work)| {
+                    scope.spawn(move || {
+                        for (i, w) in chunk_work.iter_mut().enumerate() {
+                            let p = (c * chunk + i) as u32;
+                            self.run_partition(p, round, w, batch_id, ids, base)?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| match h.join() {
+                    Ok(result) => result,
+                    // A panicking handler is a bug in user code; propagate it as the panic it is.
+                    Err(panic) => std::panic::resume_unwind(panic),
+                })
+                .collect()
+        });
+        // Chunks are in partition order, so the first error is the lowest partition's: the same
+        // error a sequential run reports.
+        results.into_iter().collect()
+    }
+}
+
+impl<M: Send + 'static> RunBatch for TypedTopology<M> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    fn consumed_depots(&self) -> Vec<Arc<DepotSpec>> {
+        self.consumers.iter().map(|c| c.depot.clone()).collect()
+    }
+
+    fn pstates(&self) -> &[Arc<PStateSpec>] {
+        &self.pstates
+    }
+
+    fn execute(
+        &self,
+        input: BatchInput,
+        ids: &ResolvedIds,
+        base: &dyn StateRead,
+        threads: usize,
+    ) -> Result<BatchOutput, BatchError> {
+        let partitions = self.partitions as usize;
+        if input.partitions.len() != partitions {
+            return Err(BatchError::InputShape {
+                expected: partitions,
+                got: input.partitions.len(),
+            });
+        }
+        if ids.depot_ids.len() != self.consumers.len() || ids.pstate_ids.len() != self.pstates.len()
+        {
+            return Err(BatchError::InputShape {
+                expected: self.consumers.len() + self.pstates.len(),
+                got: ids.depot_ids.len() + ids.pstate_ids.len(),
+            });
+        }
+        let mut records = 0u64;
+        let mut work = Vec::with_capacity(partitions);
+        for part in input.partitions {
+            if part.slices.len() != self.consumers.len() {
+                return Err(BatchError::InputShape {
+                    expected: self.consumers.len(),
+                    got: part.slices.len(),
+                });
+            }
+            records += part.slices.iter().map(|s| s.len() as u64).sum::<u64>();
+            work.push(PartitionWork {
+                writes: WriteSet::new(),
+                records: part.slices,
+                inbox: Vec::new(),
+                outbox: Vec::new(),
+            });
+        }
+        let mut round = 0u32;
+        let mut messages = 0u64;
+        loop {
+            self.run_round(round, &mut work, input.batch_id, ids, base, threads)?;
+            let sent: usize = work.iter().map(|w| w.outbox.len()).sum();
+            if sent == 0 {
+                break;
+            }
+            if sent > self.round_messages_max {
+                return Err(BatchError::MessagesExceeded {
+                    round,
+                    messages: sent,
+                    messages_max: self.round_messages_max,
+                });
+            }
+            round += 1;
+            if round > self.rounds_max {
+                return Err(BatchError::RoundsExceeded {
+                    rounds_max: self.rounds_max,
+                });
+            }
+            // Deliver in (sending partition, send order): iterate senders in partition order.
+            for sender in 0..work.len() {
+                let outbox = std::mem::take(&mut work[sender].outbox);
+                for (destination, message) in outbox {
+                    work[destination as usize].inbox.push(message);
+                }
+            }
+            messages += sent as u64;
+        }
+        Ok(BatchOutput {
+            writes: work.into_iter().map(|w| w.writes).collect(),
+            rounds: round + 1,
+            records,
+            messages,
+        })
+    }
+}

@@ -1,0 +1,144 @@
+//! The seams between the engine and its storage, with their contracts.
+//!
+//! The engine needs three things from storage, each a small trait so that a later release can
+//! move depots onto a replicated log and the commit decision into a consensus store without
+//! touching batch execution:
+//!
+//! - [`DepotLog`]: durable append and ordered read of depot records.
+//! - [`CommitStore`]: the commit point, where a batch's writes and consumed offsets become
+//!   durable and visible together, or not at all.
+//! - [`StateRead`]: reads of committed PState entries (and, inside a batch, through the batch's
+//!   own overlay).
+//!
+//! Keys handed to these traits are already laid out by [`crate::layout`]; values are opaque.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A laid-out key and its stored value.
+pub type Entry = (Vec<u8>, Vec<u8>);
+
+/// A storage operation that failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The backend reported an error. For writes this means the write **may or may not** be
+    /// durable: the caller cannot tell, which is why the engine poisons itself on it.
+    #[error("storage {op} failed: {message}")]
+    Io {
+        /// The operation, e.g. "depot append" or "batch commit".
+        op: &'static str,
+        /// The backend's message.
+        message: String,
+    },
+    /// Stored bytes are not what Lockstep wrote.
+    #[error("corruption: {0}")]
+    Corruption(String),
+    /// A failpoint fired (tests only).
+    #[error("injected failure at failpoint {0}")]
+    Injected(&'static str),
+}
+
+/// Reads of committed state, by laid-out key.
+///
+/// Contract: every call on one value sees the same set of committed batches (a snapshot), or,
+/// for the live store a batch reads from, the state as of the last commit of the topology that
+/// owns the keys read: only that topology writes them, and it writes only at commit.
+pub trait StateRead: Send + Sync {
+    /// The value stored under `key`.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Entries with `from <= key < to`, ascending, at most `limit` of them.
+    fn scan(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError>;
+}
+
+/// One record to append: its envelope bytes at an offset the caller has assigned.
+#[derive(Debug, Clone, Copy)]
+pub struct DepotEntry<'a> {
+    /// Catalog id of the depot.
+    pub depot_id: u32,
+    /// Partition within the depot.
+    pub partition: u32,
+    /// The next offset of that partition when the group was formed.
+    pub offset: u64,
+    /// The record's envelope.
+    pub bytes: &'a [u8],
+}
+
+/// The depot log.
+///
+/// Contract:
+/// - `append` writes all entries of one call atomically and durably: when it returns `Ok`, every
+///   entry survives a crash or power loss; when it returns `Err`, any subset may have survived
+///   (the caller must not acknowledge any of them and must stop writing: poison).
+/// - Offsets within a partition are dense and increasing; the caller assigns them and never
+///   reuses one. The log does not reorder.
+/// - `read` returns entries in offset order, starting at `from_offset`, stopping before
+///   `records_max` entries or once `bytes_max` is reached (always at least one entry if any
+///   exists, so one large record cannot stall a partition).
+/// - `next_offset` is one past the last durable entry of a partition (0 when empty); it is only
+///   called while no append is in flight (at open).
+pub trait DepotLog: Send + Sync {
+    /// Durably appends `entries` as one atomic group.
+    fn append(&self, entries: &[DepotEntry<'_>]) -> Result<(), StoreError>;
+    /// Reads a partition from `from_offset`.
+    fn read(
+        &self,
+        depot_id: u32,
+        partition: u32,
+        from_offset: u64,
+        records_max: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+    /// One past the last durable offset of a partition.
+    fn next_offset(&self, depot_id: u32, partition: u32) -> Result<u64, StoreError>;
+}
+
+/// Where a topology has consumed a depot partition up to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ConsumedOffset {
+    /// Catalog id of the depot.
+    pub depot_id: u32,
+    /// Partition within the depot.
+    pub partition: u32,
+    /// The first offset not yet consumed.
+    pub next_offset: u64,
+}
+
+/// What a topology has committed: the last batch id and every consumed position.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitRecord {
+    /// Id of the last committed batch; 0 before the first.
+    pub batch_id: u64,
+    /// Sorted by (depot, partition); one entry for every partition the topology consumes.
+    pub offsets: Vec<ConsumedOffset>,
+}
+
+/// The final state of every key a batch wrote, per partition: `None` is a delete.
+pub type WriteSet = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// Everything one batch commits.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchCommit<'a> {
+    /// Catalog id of the topology.
+    pub topology_id: u32,
+    /// The new commit record (its `batch_id` is the previous one plus one).
+    pub record: &'a CommitRecord,
+    /// One write set per partition, disjoint by construction (each key has one owner).
+    pub writes: &'a [WriteSet],
+}
+
+/// The commit point.
+///
+/// Contract:
+/// - `commit` makes the writes and the commit record durable and visible **atomically**: after a
+///   crash at any moment, either all of them are there or none is; readers never observe a
+///   subset. When it returns `Ok` they are durable; on `Err` the outcome is unknown and the
+///   caller must poison.
+/// - `load_commit` returns the last record committed for the topology (`None` before the first).
+pub trait CommitStore: Send + Sync {
+    /// Atomically and durably commits a batch.
+    fn commit(&self, commit: BatchCommit<'_>) -> Result<(), StoreError>;
+    /// The last committed record of a topology.
+    fn load_commit(&self, topology_id: u32) -> Result<Option<CommitRecord>, StoreError>;
+}

@@ -1,0 +1,169 @@
+//! Stable ids for names: depots, topologies and PStates get a `u32` the first time a data
+//! directory sees them, and keep it. Keys on disk carry ids, not names.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use lockstep_core::store::StoreError;
+use lockstep_core::{DepotSpec, PStateKind, Topology};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::store::RocksStore;
+
+const FORMAT_KEY: &[u8] = b"format";
+const NEXT_ID_KEY: &[u8] = b"catalog/next-id";
+/// The on-disk format this release writes and reads.
+pub(crate) const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct CatalogEntry {
+    id: u32,
+    partitions: u32,
+    /// For PStates: the owning topology and the layout.
+    owner: Option<String>,
+    kind: Option<PStateKind>,
+}
+
+impl CatalogEntry {
+    fn describe(&self) -> String {
+        let mut text = format!("{} partitions", self.partitions);
+        if let Some(owner) = &self.owner {
+            text.push_str(&format!(", owner {owner:?}"));
+        }
+        if let Some(kind) = self.kind {
+            text.push_str(&format!(", {kind:?}"));
+        }
+        text
+    }
+}
+
+/// The name used for a topology's outcome table; `$` cannot appear in user names.
+pub(crate) fn outcome_table_name(topology: &str) -> String {
+    format!("$outcomes.{topology}")
+}
+
+/// Ids for everything an engine declares.
+#[derive(Debug, Default)]
+pub(crate) struct Catalog {
+    pub(crate) depots: BTreeMap<String, u32>,
+    pub(crate) topologies: BTreeMap<String, u32>,
+    pub(crate) pstates: BTreeMap<String, u32>,
+}
+
+struct Resolver<'a> {
+    store: &'a RocksStore,
+    next_id: u32,
+    pending: Vec<lockstep_core::store::Entry>,
+}
+
+impl Resolver<'_> {
+    fn resolve(
+        &mut self,
+        what: &'static str,
+        name: &str,
+        declared: CatalogEntry,
+    ) -> Result<u32, Error> {
+        let key = format!("catalog/{what}/{name}").into_bytes();
+        if let Some(stored) = self.store.meta_get::<CatalogEntry>(&key)? {
+            let comparable = CatalogEntry {
+                id: stored.id,
+                ..declared.clone()
+            };
+            if stored != comparable {
+                return Err(Error::CatalogMismatch {
+                    what,
+                    name: name.to_string(),
+                    stored: stored.describe(),
+                    declared: declared.describe(),
+                });
+            }
+            return Ok(stored.id);
+        }
+        let id = self.next_id;
+        self.next_id = self
+            .next_id
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Corruption("catalog ran out of ids".to_string()))?;
+        let entry = CatalogEntry { id, ..declared };
+        self.pending.push((key, RocksStore::encode_meta(&entry)?));
+        Ok(id)
+    }
+}
+
+/// Loads ids for every declared name, assigning (and durably recording) ids to new ones, and
+/// refuses declarations that contradict the data directory.
+pub(crate) fn resolve(
+    store: &RocksStore,
+    depots: &[Arc<DepotSpec>],
+    topologies: &[Topology],
+) -> Result<Catalog, Error> {
+    match store.meta_get::<u32>(FORMAT_KEY)? {
+        Some(FORMAT_VERSION) | None => {}
+        Some(found) => {
+            return Err(Error::Format {
+                found,
+                supported: FORMAT_VERSION,
+            })
+        }
+    }
+    let next_id = store.meta_get::<u32>(NEXT_ID_KEY)?.unwrap_or(1);
+    let mut resolver = Resolver {
+        store,
+        next_id,
+        pending: Vec::new(),
+    };
+    let mut catalog = Catalog::default();
+    for depot in depots {
+        let entry = CatalogEntry {
+            id: 0,
+            partitions: depot.partitions,
+            owner: None,
+            kind: None,
+        };
+        let id = resolver.resolve("depot", &depot.name, entry)?;
+        catalog.depots.insert(depot.name.clone(), id);
+    }
+    for topology in topologies {
+        let entry = CatalogEntry {
+            id: 0,
+            partitions: topology.partitions(),
+            owner: None,
+            kind: None,
+        };
+        let id = resolver.resolve("topology", topology.name(), entry)?;
+        catalog.topologies.insert(topology.name().to_string(), id);
+        let outcome_entry = CatalogEntry {
+            id: 0,
+            partitions: topology.partitions(),
+            owner: Some(topology.name().to_string()),
+            kind: Some(PStateKind::Map),
+        };
+        let outcome_name = outcome_table_name(topology.name());
+        let id = resolver.resolve("pstate", &outcome_name, outcome_entry)?;
+        catalog.pstates.insert(outcome_name, id);
+        for pstate in topology.pstates() {
+            let entry = CatalogEntry {
+                id: 0,
+                partitions: pstate.partitions,
+                owner: Some(pstate.topology.to_string()),
+                kind: Some(pstate.kind),
+            };
+            let id = resolver.resolve("pstate", &pstate.name, entry)?;
+            catalog.pstates.insert(pstate.name.clone(), id);
+        }
+    }
+    if !resolver.pending.is_empty() || store.meta_get::<u32>(FORMAT_KEY)?.is_none() {
+        let mut entries = std::mem::take(&mut resolver.pending);
+        entries.push((
+            FORMAT_KEY.to_vec(),
+            RocksStore::encode_meta(&FORMAT_VERSION)?,
+        ));
+        entries.push((
+            NEXT_ID_KEY.to_vec(),
+            RocksStore::encode_meta(&resolver.next_id)?,
+        ));
+        store.meta_put_all(&entries)?;
+    }
+    Ok(catalog)
+}

@@ -1,0 +1,1053 @@
+//! The engine: opens the data directory, recovers, and runs the appender and the batch drivers.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use lockstep_core::exec::{BatchInput, PartitionInput, ResolvedIds};
+use lockstep_core::store::{
+    BatchCommit, CommitRecord, CommitStore, ConsumedOffset, DepotEntry, DepotLog, Entry, StoreError,
+};
+use lockstep_core::{
+    decode_envelope, Depot, DepotSpec, PStateSpec, RecordId, SchemaError, Topology,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::catalog::{self, outcome_table_name};
+use crate::error::Error;
+use crate::snapshot::Snapshot;
+use crate::store::RocksStore;
+
+/// Who starts batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum BatchDriving {
+    /// A thread per topology starts a batch as soon as there is new input and the previous
+    /// commit has finished.
+    #[default]
+    Automatic,
+    /// Batches run only when [`Engine::run_batch`] is called (tests, simulations, replays).
+    Manual,
+}
+
+/// Tuning knobs. The defaults suit a small machine.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct EngineOptions {
+    /// Who starts batches.
+    pub batch_driving: BatchDriving,
+    /// Most records one partition consumes per batch, across all its depots.
+    pub batch_records_max: usize,
+    /// Most record bytes one partition consumes per batch (at least one record is always
+    /// taken, so one large record cannot stall a partition).
+    pub batch_bytes_max: usize,
+    /// Most append calls waiting for the appender; further appenders block (backpressure).
+    pub append_queue_max: usize,
+    /// Most record bytes written in one group commit.
+    pub append_group_bytes_max: usize,
+    /// Threads that run the partitions of one round.
+    pub threads: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        Self {
+            batch_driving: BatchDriving::Automatic,
+            batch_records_max: 10_000,
+            batch_bytes_max: 8 << 20,
+            append_queue_max: 4096,
+            append_group_bytes_max: 8 << 20,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
+    }
+}
+
+impl EngineOptions {
+    /// Options with batches run only by [`Engine::run_batch`].
+    pub fn manual() -> Self {
+        Self {
+            batch_driving: BatchDriving::Manual,
+            ..Self::default()
+        }
+    }
+}
+
+/// What one committed batch did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BatchSummary {
+    /// The committed batch id.
+    pub batch_id: u64,
+    /// Depot records consumed.
+    pub records: u64,
+    /// Rounds run (1 when no messages were sent).
+    pub rounds: u32,
+    /// Messages delivered.
+    pub messages: u64,
+    /// Entries written (puts and deletes).
+    pub writes: u64,
+    /// Time from planning to published commit.
+    pub batch_latency_us: u64,
+    /// Time spent in the synced commit write.
+    pub commit_latency_us: u64,
+}
+
+/// Failpoint names (compiled in with the `failpoints` feature). Each sits at a durable step of
+/// `engine/docs/commit-protocol.md`; firing one makes that step fail as a crash there would.
+pub mod failpoints {
+    /// Before a group of appends is written.
+    pub const APPEND_BEFORE_WRITE: &str = "append.before_write";
+    /// After a group of appends is durable, before it is acknowledged.
+    pub const APPEND_AFTER_WRITE: &str = "append.after_write";
+    /// Before a batch's commit is written.
+    pub const COMMIT_BEFORE_WRITE: &str = "commit.before_write";
+    /// After a batch's commit is durable, before it is published to readers.
+    pub const COMMIT_AFTER_WRITE: &str = "commit.after_write";
+    /// During open, after the catalog is resolved and before depots are scanned.
+    pub const RECOVERY_AFTER_CATALOG: &str = "recovery.after_catalog";
+    /// During open, after recovery, before threads start.
+    pub const RECOVERY_BEFORE_START: &str = "recovery.before_start";
+    /// Every failpoint, for tests that visit them all.
+    pub const ALL: [&str; 6] = [
+        APPEND_BEFORE_WRITE,
+        APPEND_AFTER_WRITE,
+        COMMIT_BEFORE_WRITE,
+        COMMIT_AFTER_WRITE,
+        RECOVERY_AFTER_CATALOG,
+        RECOVERY_BEFORE_START,
+    ];
+}
+
+/// Set once by the first failed durable write; checked before every write.
+#[derive(Debug, Default)]
+pub(crate) struct Poison {
+    reason: OnceLock<String>,
+}
+
+impl Poison {
+    pub(crate) fn check(&self) -> Result<(), Error> {
+        match self.reason.get() {
+            None => Ok(()),
+            Some(reason) => Err(Error::Poisoned {
+                reason: reason.clone(),
+            }),
+        }
+    }
+
+    fn set(&self, reason: String) {
+        tracing::error!(%reason, "engine poisoned: refusing all further writes");
+        let _ = self.reason.set(reason);
+    }
+}
+
+/// Wakes batch drivers when appends become durable or the engine shuts down.
+#[derive(Debug, Default)]
+struct InputSignal {
+    generation: Mutex<u64>,
+    changed: Condvar,
+}
+
+impl InputSignal {
+    fn generation(&self) -> u64 {
+        *lock(&self.generation)
+    }
+
+    fn bump(&self) {
+        *lock(&self.generation) += 1;
+        self.changed.notify_all();
+    }
+
+    fn wait_past(&self, seen: u64, shutdown: &AtomicBool) {
+        let mut generation = lock(&self.generation);
+        while *generation == seen && !shutdown.load(Ordering::Acquire) {
+            generation = self
+                .changed
+                .wait(generation)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+}
+
+/// Locks a mutex, ignoring std's lock poisoning: every guarded value here is replaced whole,
+/// never left half-updated, so it is consistent even after a panicking holder.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[derive(Debug)]
+pub(crate) struct DepotState {
+    pub(crate) spec: Arc<DepotSpec>,
+    pub(crate) id: u32,
+    /// One past the last acknowledged (durable) offset, per partition. Written only by the
+    /// appender, after the write is durable.
+    heads: Vec<AtomicU64>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Progress {
+    pub(crate) record: CommitRecord,
+    /// `consumed[input][partition]`: first offset not yet committed.
+    consumed: Vec<Vec<u64>>,
+    stopped: Option<String>,
+}
+
+pub(crate) struct TopologyState {
+    pub(crate) topology: Topology,
+    pub(crate) id: u32,
+    ids: ResolvedIds,
+    inputs: Vec<Arc<DepotState>>,
+    progress: Mutex<Progress>,
+    progress_changed: Condvar,
+    commits: tokio::sync::watch::Sender<u64>,
+    /// Serializes batches of this topology (manual calls from several threads).
+    run_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for TopologyState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TopologyState")
+            .field("name", &self.topology.name())
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// State shared by the engine handle, the appender and the drivers.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) store: RocksStore,
+    pub(crate) options: EngineOptions,
+    pub(crate) poison: Poison,
+    pub(crate) depots: BTreeMap<String, Arc<DepotState>>,
+    pub(crate) topologies: BTreeMap<String, Arc<TopologyState>>,
+    /// Every PState (outcome tables included) by name, with its catalog id.
+    pub(crate) pstates: BTreeMap<String, (Option<Arc<PStateSpec>>, u32)>,
+    input: InputSignal,
+    shutdown: AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn topology(&self, name: &str) -> Result<&Arc<TopologyState>, Error> {
+        self.topologies
+            .get(name)
+            .ok_or_else(|| Error::UnknownTopology(name.to_string()))
+    }
+
+    fn depot(&self, spec: &Arc<DepotSpec>) -> Result<&Arc<DepotState>, Error> {
+        match self.depots.get(&spec.name) {
+            Some(state) if state.spec == *spec => Ok(state),
+            _ => Err(Error::UnknownDepot(spec.name.clone())),
+        }
+    }
+
+    pub(crate) fn pstate_id(&self, spec: &PStateSpec) -> Result<u32, Error> {
+        match self.pstates.get(&spec.name) {
+            Some((Some(declared), id)) if **declared == *spec => Ok(*id),
+            _ => Err(Error::UnknownPState(spec.name.clone())),
+        }
+    }
+
+    pub(crate) fn outcome_table_id(&self, topology: &str) -> Result<u32, Error> {
+        self.pstates
+            .get(&outcome_table_name(topology))
+            .map(|(_, id)| *id)
+            .ok_or_else(|| Error::UnknownTopology(topology.to_string()))
+    }
+}
+
+struct AppendRequest {
+    depot: Arc<DepotState>,
+    records: Vec<(u32, Vec<u8>)>,
+    reply: tokio::sync::oneshot::Sender<Result<Vec<RecordId>, Error>>,
+}
+
+/// Declares what an engine holds, then opens it.
+#[derive(Debug)]
+pub struct EngineBuilder {
+    path: PathBuf,
+    options: EngineOptions,
+    depots: Vec<Arc<DepotSpec>>,
+    topologies: Vec<Topology>,
+}
+
+impl EngineBuilder {
+    /// Replaces the options.
+    pub fn options(mut self, options: EngineOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Declares a depot.
+    pub fn depot<T>(mut self, depot: &Depot<T>) -> Self {
+        self.depots.push(depot.spec().clone());
+        self
+    }
+
+    /// Declares a topology. Every depot it consumes must be declared too.
+    pub fn topology(mut self, topology: Topology) -> Self {
+        self.topologies.push(topology);
+        self
+    }
+
+    /// Opens (creating if needed) and recovers the data directory, then starts the appender and,
+    /// in automatic mode, one batch driver per topology.
+    pub fn open(self) -> Result<Engine, Error> {
+        Engine::open(self)
+    }
+}
+
+/// A Lockstep engine: depots, topologies and their PStates in one data directory.
+///
+/// Dropping it (or calling [`Engine::close`]) stops accepting appends, lets the in-flight group
+/// and batch finish, and closes the database.
+pub struct Engine {
+    shared: Arc<Shared>,
+    append_tx: Option<Sender<AppendRequest>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("shared", &self.shared)
+            .finish_non_exhaustive()
+    }
+}
+
+fn validate_declarations(builder: &EngineBuilder) -> Result<(), SchemaError> {
+    let mut depot_names = BTreeMap::new();
+    for depot in &builder.depots {
+        if depot_names.insert(depot.name.as_str(), depot).is_some() {
+            return Err(SchemaError::Duplicate {
+                what: "depot",
+                name: depot.name.clone(),
+            });
+        }
+    }
+    let mut topology_names = BTreeMap::new();
+    let mut pstate_names = BTreeMap::new();
+    for topology in &builder.topologies {
+        if topology_names.insert(topology.name(), ()).is_some() {
+            return Err(SchemaError::Duplicate {
+                what: "topology",
+                name: topology.name().to_string(),
+            });
+        }
+        for name in topology.pstate_names() {
+            if pstate_names.insert(name, ()).is_some() {
+                return Err(SchemaError::Duplicate {
+                    what: "pstate",
+                    name: name.to_string(),
+                });
+            }
+        }
+        for consumed in topology.consumed_depots() {
+            match depot_names.get(consumed.name.as_str()) {
+                Some(declared) if ***declared == *consumed => {}
+                _ => {
+                    return Err(SchemaError::UnknownDepot {
+                        topology: topology.name().to_string(),
+                        depot: consumed.name.clone(),
+                    })
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+impl Engine {
+    /// Starts declaring an engine stored at `path`.
+    pub fn builder(path: impl AsRef<Path>) -> EngineBuilder {
+        EngineBuilder {
+            path: path.as_ref().to_path_buf(),
+            options: EngineOptions::default(),
+            depots: Vec::new(),
+            topologies: Vec::new(),
+        }
+    }
+
+    fn open(builder: EngineBuilder) -> Result<Self, Error> {
+        validate_declarations(&builder)?;
+        std::fs::create_dir_all(&builder.path).map_err(|e| StoreError::Io {
+            op: "create data directory",
+            message: e.to_string(),
+        })?;
+        let store = RocksStore::open(&builder.path)?;
+        let catalog = catalog::resolve(&store, &builder.depots, &builder.topologies)?;
+        fail::fail_point!(failpoints::RECOVERY_AFTER_CATALOG, |_| Err(Error::Store(
+            StoreError::Injected(failpoints::RECOVERY_AFTER_CATALOG)
+        )));
+
+        let mut depots = BTreeMap::new();
+        for spec in &builder.depots {
+            let id = catalog.depots[&spec.name];
+            let mut heads = Vec::with_capacity(spec.partitions as usize);
+            for partition in 0..spec.partitions {
+                heads.push(AtomicU64::new(store.next_offset(id, partition)?));
+            }
+            depots.insert(
+                spec.name.clone(),
+                Arc::new(DepotState {
+                    spec: spec.clone(),
+                    id,
+                    heads,
+                }),
+            );
+        }
+
+        let mut pstates = BTreeMap::new();
+        let mut topologies = BTreeMap::new();
+        for topology in builder.topologies {
+            let name = topology.name().to_string();
+            let id = catalog.topologies[&name];
+            let inputs: Vec<Arc<DepotState>> = topology
+                .consumed_depots()
+                .iter()
+                .map(|spec| depots[&spec.name].clone())
+                .collect();
+            let outcome_name = outcome_table_name(&name);
+            let outcome_pstate_id = catalog.pstates[&outcome_name];
+            pstates.insert(outcome_name, (None, outcome_pstate_id));
+            let mut pstate_ids = Vec::new();
+            for spec in topology.pstates() {
+                let pstate_id = catalog.pstates[&spec.name];
+                pstate_ids.push(pstate_id);
+                pstates.insert(spec.name.clone(), (Some(spec.clone()), pstate_id));
+            }
+            let record = store.load_commit(id)?.unwrap_or_default();
+            let progress = recover_progress(&name, &inputs, record)?;
+            let (commits, _) = tokio::sync::watch::channel(progress.record.batch_id);
+            tracing::info!(
+                topology = %name,
+                batch_id = progress.record.batch_id,
+                "recovered topology"
+            );
+            topologies.insert(
+                name,
+                Arc::new(TopologyState {
+                    ids: ResolvedIds {
+                        depot_ids: inputs.iter().map(|d| d.id).collect(),
+                        pstate_ids,
+                        outcome_pstate_id,
+                    },
+                    topology,
+                    id,
+                    inputs,
+                    progress: Mutex::new(progress),
+                    progress_changed: Condvar::new(),
+                    commits,
+                    run_lock: Mutex::new(()),
+                }),
+            );
+        }
+        fail::fail_point!(failpoints::RECOVERY_BEFORE_START, |_| Err(Error::Store(
+            StoreError::Injected(failpoints::RECOVERY_BEFORE_START)
+        )));
+
+        let shared = Arc::new(Shared {
+            store,
+            options: builder.options,
+            poison: Poison::default(),
+            depots,
+            topologies,
+            pstates,
+            input: InputSignal::default(),
+            shutdown: AtomicBool::new(false),
+        });
+        let (append_tx, append_rx) =
+            crossbeam_channel::bounded(shared.options.append_queue_max.max(1));
+        let mut threads = Vec::new();
+        let appender_shared = shared.clone();
+        threads.push(spawn("lockstep-appender", move || {
+            run_appender(&appender_shared, &append_rx)
+        })?);
+        if shared.options.batch_driving == BatchDriving::Automatic {
+            for (name, topology) in &shared.topologies {
+                let driver_shared = shared.clone();
+                let topology = topology.clone();
+                threads.push(spawn(&format!("lockstep-{name}"), move || {
+                    run_driver(&driver_shared, &topology)
+                })?);
+            }
+        }
+        Ok(Self {
+            shared,
+            append_tx: Some(append_tx),
+            threads,
+        })
+    }
+
+    /// Appends one record; returns its position once it is durable.
+    pub fn append<T>(&self, depot: &Depot<T>, record: &T) -> Result<RecordId, Error>
+    where
+        T: Serialize + serde::de::DeserializeOwned + Send + 'static,
+    {
+        let mut ids = self.append_many(depot, std::slice::from_ref(record))?;
+        ids.pop().ok_or(Error::Closed)
+    }
+
+    /// Appends records atomically (all become durable together, or none is acknowledged);
+    /// returns their positions, in input order, once they are durable.
+    ///
+    /// A record that is too large or does not encode fails the call before anything is written.
+    pub fn append_many<T>(&self, depot: &Depot<T>, records: &[T]) -> Result<Vec<RecordId>, Error>
+    where
+        T: Serialize + serde::de::DeserializeOwned + Send + 'static,
+    {
+        let receiver = self.submit(depot, records)?;
+        receiver.blocking_recv().map_err(|_| Error::Closed)?
+    }
+
+    /// As [`append_many`](Self::append_many), for async callers: the wait for durability does
+    /// not block the executor (enqueuing may, briefly, under backpressure).
+    pub async fn append_many_async<T>(
+        &self,
+        depot: &Depot<T>,
+        records: &[T],
+    ) -> Result<Vec<RecordId>, Error>
+    where
+        T: Serialize + serde::de::DeserializeOwned + Send + 'static,
+    {
+        let receiver = self.submit(depot, records)?;
+        receiver.await.map_err(|_| Error::Closed)?
+    }
+
+    fn submit<T>(
+        &self,
+        depot: &Depot<T>,
+        records: &[T],
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<Vec<RecordId>, Error>>, Error>
+    where
+        T: Serialize + serde::de::DeserializeOwned + Send + 'static,
+    {
+        self.shared.poison.check()?;
+        let state = self.shared.depot(depot.spec())?.clone();
+        let mut encoded = Vec::with_capacity(records.len());
+        for record in records {
+            let partition = depot.partition_of(record)?;
+            encoded.push((partition, depot.encode(record)?));
+        }
+        let (reply, receiver) = tokio::sync::oneshot::channel();
+        let tx = self.append_tx.as_ref().ok_or(Error::Closed)?;
+        tx.send(AppendRequest {
+            depot: state,
+            records: encoded,
+            reply,
+        })
+        .map_err(|_| Error::Closed)?;
+        Ok(receiver)
+    }
+
+    /// Runs one batch of `topology` now; `None` if it had no new input.
+    /// Only with [`BatchDriving::Manual`].
+    pub fn run_batch(&self, topology: &str) -> Result<Option<BatchSummary>, Error> {
+        if self.shared.options.batch_driving != BatchDriving::Manual {
+            return Err(Error::NotManual);
+        }
+        let state = self.shared.topology(topology)?.clone();
+        run_one_batch(&self.shared, &state)
+    }
+
+    /// Runs batches of every topology until none has new input. Only with
+    /// [`BatchDriving::Manual`]. Returns how many batches committed.
+    pub fn run_until_idle(&self) -> Result<u64, Error> {
+        let mut committed = 0;
+        loop {
+            let mut progressed = false;
+            for name in self.shared.topologies.keys() {
+                if self.run_batch(name)?.is_some() {
+                    committed += 1;
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                return Ok(committed);
+            }
+        }
+    }
+
+    /// A consistent view of every topology's committed state: all partitions at one batch.
+    pub fn snapshot(&self) -> Result<Snapshot<'_>, Error> {
+        Ok(Snapshot::new(&self.shared, self.shared.store.snapshot()?))
+    }
+
+    /// Waits until `topology` has committed the batch that processed `record`; returns the
+    /// topology's committed batch id at that moment (at or after the one that processed it).
+    pub fn wait_for(
+        &self,
+        topology: &str,
+        record: RecordId,
+        timeout: Duration,
+    ) -> Result<u64, Error> {
+        let state = self.shared.topology(topology)?;
+        let input = state
+            .inputs
+            .iter()
+            .position(|d| d.id == record.depot_id)
+            .ok_or_else(|| Error::UnknownDepot(format!("id {}", record.depot_id)))?;
+        let deadline = Instant::now() + timeout;
+        let mut progress = lock(&state.progress);
+        loop {
+            let consumed = progress
+                .consumed
+                .get(input)
+                .and_then(|partitions| partitions.get(record.partition as usize))
+                .copied()
+                .ok_or_else(|| Error::UnknownDepot(format!("partition {}", record.partition)))?;
+            if consumed > record.offset {
+                return Ok(progress.record.batch_id);
+            }
+            if let Some(reason) = &progress.stopped {
+                return Err(Error::TopologyStopped {
+                    topology: topology.to_string(),
+                    reason: reason.clone(),
+                });
+            }
+            self.shared.poison.check()?;
+            if self.shared.shutdown.load(Ordering::Acquire) {
+                return Err(Error::Closed);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Timeout {
+                    waited_ms: timeout.as_millis() as u64,
+                });
+            }
+            progress = state
+                .progress_changed
+                .wait_timeout(progress, deadline - now)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
+    }
+
+    /// The last committed batch of `topology` and where it has consumed each depot partition.
+    pub fn committed(&self, topology: &str) -> Result<CommitRecord, Error> {
+        Ok(lock(&self.shared.topology(topology)?.progress)
+            .record
+            .clone())
+    }
+
+    /// Watches `topology`'s committed batch id (for async callers).
+    pub fn subscribe(&self, topology: &str) -> Result<tokio::sync::watch::Receiver<u64>, Error> {
+        Ok(self.shared.topology(topology)?.commits.subscribe())
+    }
+
+    /// Why `topology` stopped, if a batch failed.
+    pub fn topology_failure(&self, topology: &str) -> Result<Option<String>, Error> {
+        Ok(lock(&self.shared.topology(topology)?.progress)
+            .stopped
+            .clone())
+    }
+
+    /// The first durable-write failure, if the engine is poisoned.
+    pub fn poisoned(&self) -> Option<String> {
+        self.shared.poison.reason.get().cloned()
+    }
+
+    /// One past the last acknowledged offset of a depot partition.
+    pub fn depot_next_offset<T>(&self, depot: &Depot<T>, partition: u32) -> Result<u64, Error> {
+        let state = self.shared.depot(depot.spec())?;
+        state
+            .heads
+            .get(partition as usize)
+            .map(|h| h.load(Ordering::Acquire))
+            .ok_or_else(|| Error::UnknownDepot(format!("{} partition {partition}", depot.name())))
+    }
+
+    /// Reads up to `limit` acknowledged records of a depot partition from `from_offset`,
+    /// checking each one's checksum and type.
+    pub fn read_depot<T: DeserializeOwned>(
+        &self,
+        depot: &Depot<T>,
+        partition: u32,
+        from_offset: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, T)>, Error> {
+        let state = self.shared.depot(depot.spec())?;
+        let head = self.depot_next_offset(depot, partition)?;
+        let wanted = head.saturating_sub(from_offset).min(limit as u64) as usize;
+        let raw = self
+            .shared
+            .store
+            .read(state.id, partition, from_offset, wanted, usize::MAX)?;
+        raw.into_iter()
+            .map(|(offset, bytes)| {
+                decode_envelope(&bytes)
+                    .map(|record| (offset, record))
+                    .map_err(|source| Error::CorruptRecord {
+                        depot: depot.name().to_string(),
+                        partition,
+                        offset,
+                        source,
+                    })
+            })
+            .collect()
+    }
+
+    /// Every committed state entry, raw, in key order (for determinism checks and debugging;
+    /// the layout is described in `lockstep_core::layout`).
+    pub fn raw_state_entries(&self) -> Result<Vec<Entry>, Error> {
+        Ok(self.shared.store.state_entries()?)
+    }
+
+    /// Stops accepting appends, finishes the in-flight group and batch, and closes.
+    pub fn close(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.shared.shutdown.store(true, Ordering::Release);
+        self.append_tx = None;
+        self.shared.input.bump();
+        for topology in self.shared.topologies.values() {
+            topology.progress_changed.notify_all();
+        }
+        for thread in self.threads.drain(..) {
+            if thread.join().is_err() {
+                tracing::error!("an engine thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn spawn<F: FnOnce() + Send + 'static>(name: &str, f: F) -> Result<JoinHandle<()>, Error> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(f)
+        .map_err(|e| {
+            Error::Store(StoreError::Io {
+                op: "spawn thread",
+                message: e.to_string(),
+            })
+        })
+}
+
+/// Turns a stored commit record into per-input consumed offsets, checking it against the
+/// durable depot heads: a commit can never have consumed records that are not durable.
+fn recover_progress(
+    topology: &str,
+    inputs: &[Arc<DepotState>],
+    record: CommitRecord,
+) -> Result<Progress, Error> {
+    let mut consumed: Vec<Vec<u64>> = inputs
+        .iter()
+        .map(|d| vec![0; d.spec.partitions as usize])
+        .collect();
+    for offset in &record.offsets {
+        // A depot the topology no longer consumes keeps its offsets in the record but plays no
+        // part.
+        let Some(input) = inputs.iter().position(|d| d.id == offset.depot_id) else {
+            continue;
+        };
+        let partition = offset.partition as usize;
+        let (Some(slot), Some(head)) = (
+            consumed[input].get_mut(partition),
+            inputs[input].heads.get(partition),
+        ) else {
+            continue;
+        };
+        let head = head.load(Ordering::Acquire);
+        if offset.next_offset > head {
+            return Err(StoreError::Corruption(format!(
+                "topology {topology:?} committed offset {} of depot {} partition {} but the depot ends at {head}",
+                offset.next_offset, offset.depot_id, offset.partition
+            ))
+            .into());
+        }
+        *slot = offset.next_offset;
+    }
+    Ok(Progress {
+        record,
+        consumed,
+        stopped: None,
+    })
+}
+
+// ---- the appender: group commit of depot records ----
+
+fn run_appender(shared: &Shared, requests: &Receiver<AppendRequest>) {
+    let mut next_offsets: BTreeMap<u32, Vec<u64>> = shared
+        .depots
+        .values()
+        .map(|d| {
+            let heads = d.heads.iter().map(|h| h.load(Ordering::Acquire)).collect();
+            (d.id, heads)
+        })
+        .collect();
+    while let Ok(first) = requests.recv() {
+        let mut group_bytes: usize = first.records.iter().map(|(_, b)| b.len()).sum();
+        let mut group = vec![first];
+        // Everything already queued joins this fsync: the group commit.
+        while group_bytes < shared.options.append_group_bytes_max {
+            match requests.try_recv() {
+                Ok(request) => {
+                    group_bytes += request.records.iter().map(|(_, b)| b.len()).sum::<usize>();
+                    group.push(request);
+                }
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = shared.poison.check() {
+            reply_all(group, &e);
+            continue;
+        }
+        let mut ids: Vec<Vec<RecordId>> = Vec::with_capacity(group.len());
+        let mut entries = Vec::new();
+        let mut touched = BTreeMap::new();
+        for request in &group {
+            let depot_id = request.depot.id;
+            let offsets = next_offsets.entry(depot_id).or_default();
+            let mut request_ids = Vec::with_capacity(request.records.len());
+            for (partition, bytes) in &request.records {
+                let slot = &mut offsets[*partition as usize];
+                entries.push(DepotEntry {
+                    depot_id,
+                    partition: *partition,
+                    offset: *slot,
+                    bytes,
+                });
+                request_ids.push(RecordId {
+                    depot_id,
+                    partition: *partition,
+                    offset: *slot,
+                });
+                *slot += 1;
+                touched.insert((depot_id, *partition), (request.depot.clone(), *slot));
+            }
+            ids.push(request_ids);
+        }
+        match write_group(shared, &entries) {
+            Ok(()) => {
+                for ((_, partition), (depot, next)) in touched {
+                    depot.heads[partition as usize].store(next, Ordering::Release);
+                }
+                shared.input.bump();
+                for (request, request_ids) in group.into_iter().zip(ids) {
+                    let _ = request.reply.send(Ok(request_ids));
+                }
+            }
+            Err(e) => {
+                shared.poison.set(format!("depot append failed: {e}"));
+                let error = Error::Poisoned {
+                    reason: format!("depot append failed: {e}"),
+                };
+                reply_all(group, &error);
+                // Wake drivers and waiters so they see the poison.
+                shared.input.bump();
+            }
+        }
+    }
+}
+
+fn write_group(shared: &Shared, entries: &[DepotEntry<'_>]) -> Result<(), StoreError> {
+    fail::fail_point!(failpoints::APPEND_BEFORE_WRITE, |_| Err(
+        StoreError::Injected(failpoints::APPEND_BEFORE_WRITE)
+    ));
+    shared.store.append(entries)?;
+    fail::fail_point!(failpoints::APPEND_AFTER_WRITE, |_| Err(
+        StoreError::Injected(failpoints::APPEND_AFTER_WRITE)
+    ));
+    Ok(())
+}
+
+fn reply_all(group: Vec<AppendRequest>, error: &Error) {
+    for request in group {
+        let again = match error {
+            Error::Poisoned { reason } => Error::Poisoned {
+                reason: reason.clone(),
+            },
+            other => Error::Poisoned {
+                reason: other.to_string(),
+            },
+        };
+        let _ = request.reply.send(Err(again));
+    }
+}
+
+// ---- batch drivers ----
+
+fn run_driver(shared: &Shared, topology: &TopologyState) {
+    loop {
+        let seen = shared.input.generation();
+        if shared.shutdown.load(Ordering::Acquire) || shared.poison.check().is_err() {
+            return;
+        }
+        match run_one_batch(shared, topology) {
+            Ok(Some(_)) => {}
+            Ok(None) => shared.input.wait_past(seen, &shared.shutdown),
+            Err(e) => {
+                tracing::error!(topology = topology.topology.name(), error = %e, "batch driver stopped");
+                // Waiters must hear why nothing more will commit, whatever the failure was.
+                lock(&topology.progress)
+                    .stopped
+                    .get_or_insert_with(|| e.to_string());
+                topology.progress_changed.notify_all();
+                return;
+            }
+        }
+    }
+}
+
+/// Plans, executes and commits one batch. `Ok(None)` when there is no new input.
+fn run_one_batch(shared: &Shared, state: &TopologyState) -> Result<Option<BatchSummary>, Error> {
+    let _serial = lock(&state.run_lock);
+    let started = Instant::now();
+    let name = state.topology.name();
+    let progress = lock(&state.progress).clone();
+    if let Some(reason) = progress.stopped {
+        return Err(Error::TopologyStopped {
+            topology: name.to_string(),
+            reason,
+        });
+    }
+    shared.poison.check()?;
+
+    // Plan: each partition takes, depot by depot, what is durable past its consumed offset,
+    // within the per-partition record and byte caps.
+    let partitions = state.topology.partitions() as usize;
+    let mut input = BatchInput {
+        batch_id: progress.record.batch_id + 1,
+        partitions: vec![PartitionInput::default(); partitions],
+    };
+    let mut consumed = progress.consumed.clone();
+    let mut records_total = 0u64;
+    for (partition, part_input) in input.partitions.iter_mut().enumerate() {
+        let mut records_left = shared.options.batch_records_max.max(1);
+        let mut bytes_left = shared.options.batch_bytes_max.max(1);
+        for (i, depot) in state.inputs.iter().enumerate() {
+            let from = consumed[i][partition];
+            let head = depot.heads[partition].load(Ordering::Acquire);
+            let available = head.saturating_sub(from) as usize;
+            let slice = if available == 0 || records_left == 0 || bytes_left == 0 {
+                Vec::new()
+            } else {
+                shared.store.read(
+                    depot.id,
+                    partition as u32,
+                    from,
+                    available.min(records_left),
+                    bytes_left,
+                )?
+            };
+            let bytes: usize = slice.iter().map(|(_, b)| b.len()).sum();
+            records_left -= slice.len();
+            bytes_left = bytes_left.saturating_sub(bytes);
+            consumed[i][partition] += slice.len() as u64;
+            records_total += slice.len() as u64;
+            part_input.slices.push(slice);
+        }
+    }
+    if records_total == 0 {
+        return Ok(None);
+    }
+    let batch_id = input.batch_id;
+    let span = tracing::debug_span!("batch", topology = name, batch_id);
+    let _entered = span.enter();
+
+    let live = shared.store.live()?;
+    let output = match state
+        .topology
+        .execute(input, &state.ids, &live, shared.options.threads)
+    {
+        Ok(output) => output,
+        Err(source) => {
+            let error = Error::Batch {
+                topology: name.to_string(),
+                batch_id,
+                source: Box::new(source),
+            };
+            tracing::error!(topology = name, batch_id, error = %error, "batch failed; topology stopped");
+            lock(&state.progress).stopped = Some(error.to_string());
+            state.progress_changed.notify_all();
+            return Err(error);
+        }
+    };
+
+    let mut record = CommitRecord {
+        batch_id,
+        offsets: Vec::new(),
+    };
+    for (i, depot) in state.inputs.iter().enumerate() {
+        for (partition, next_offset) in consumed[i].iter().enumerate() {
+            record.offsets.push(ConsumedOffset {
+                depot_id: depot.id,
+                partition: partition as u32,
+                next_offset: *next_offset,
+            });
+        }
+    }
+    record.offsets.sort();
+    let writes: u64 = output.writes.iter().map(|w| w.len() as u64).sum();
+
+    shared.poison.check()?;
+    let commit_started = Instant::now();
+    if let Err(e) = commit(shared, state.id, &record, &output.writes) {
+        let reason = format!("batch {batch_id} of topology {name:?} failed to commit: {e}");
+        shared.poison.set(reason.clone());
+        state.progress_changed.notify_all();
+        return Err(Error::Poisoned { reason });
+    }
+    let commit_latency_us = commit_started.elapsed().as_micros() as u64;
+
+    {
+        let mut progress = lock(&state.progress);
+        progress.record = record;
+        progress.consumed = consumed;
+    }
+    state.progress_changed.notify_all();
+    state.commits.send_replace(batch_id);
+    let summary = BatchSummary {
+        batch_id,
+        records: output.records,
+        rounds: output.rounds,
+        messages: output.messages,
+        writes,
+        batch_latency_us: started.elapsed().as_micros() as u64,
+        commit_latency_us,
+    };
+    tracing::debug!(
+        records = summary.records,
+        rounds = summary.rounds,
+        messages = summary.messages,
+        writes = summary.writes,
+        commit_latency_us = summary.commit_latency_us,
+        batch_latency_us = summary.batch_latency_us,
+        "committed"
+    );
+    Ok(Some(summary))
+}
+
+fn commit(
+    shared: &Shared,
+    topology_id: u32,
+    record: &CommitRecord,
+    writes: &[lockstep_core::store::WriteSet],
+) -> Result<(), StoreError> {
+    fail::fail_point!(failpoints::COMMIT_BEFORE_WRITE, |_| Err(
+        StoreError::Injected(failpoints::COMMIT_BEFORE_WRITE)
+    ));
+    shared.store.commit(BatchCommit {
+        topology_id,
+        record,
+        writes,
+    })?;
+    fail::fail_point!(failpoints::COMMIT_AFTER_WRITE, |_| Err(
+        StoreError::Injected(failpoints::COMMIT_AFTER_WRITE)
+    ));
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! Consistent reads: every call on one [`Snapshot`] sees the same committed batches, on every
+//! partition.
+
+use std::ops::Bound;
+
+use lockstep_core::store::StateRead;
+use lockstep_core::{
+    decode_envelope, decode_map_entries, decode_set_elements, encode_key, key_range,
+    layout::{entry_key, PARTITION_PREFIX_BYTES},
+    outcome_key, set_range, PState, RecordId, SetPState,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::engine::Shared;
+use crate::error::Error;
+use crate::store::SnapshotState;
+
+/// What a topology recorded for one depot record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome<O> {
+    /// The batch that recorded it.
+    pub batch_id: u64,
+    /// The recorded value.
+    pub value: O,
+}
+
+/// A point-in-time view of everything committed: all partitions of every topology at one
+/// batch each. Holding one pins the data it sees (RocksDB keeps it from compaction), so keep
+/// snapshots short-lived.
+pub struct Snapshot<'e> {
+    shared: &'e Shared,
+    state: SnapshotState<'e>,
+}
+
+impl std::fmt::Debug for Snapshot<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot").finish_non_exhaustive()
+    }
+}
+
+impl<'e> Snapshot<'e> {
+    pub(crate) fn new(shared: &'e Shared, state: SnapshotState<'e>) -> Self {
+        Self { shared, state }
+    }
+
+    /// The batch of `topology` this snapshot sees (0 before the first commit).
+    pub fn batch_id(&self, topology: &str) -> Result<u64, Error> {
+        let state = self.shared.topology(topology)?;
+        Ok(self
+            .state
+            .load_commit(state.id)?
+            .map_or(0, |record| record.batch_id))
+    }
+
+    /// The value under `key`.
+    pub fn get<K, V>(&self, pstate: &PState<K, V>, key: &K) -> Result<Option<V>, Error>
+    where
+        K: Serialize,
+        V: DeserializeOwned,
+    {
+        let id = self.shared.pstate_id(pstate.spec())?;
+        let encoded = encode_key(key)?;
+        let partition = lockstep_core::partition_for_key_bytes(&encoded, pstate.spec().partitions);
+        match self.state.get(&entry_key(id, partition, &encoded))? {
+            Some(bytes) => Ok(Some(
+                decode_envelope(&bytes).map_err(lockstep_core::HandlerError::from)?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Up to `limit` entries with keys in `(from, to)` across all partitions, in key order.
+    pub fn range<K, V>(
+        &self,
+        pstate: &PState<K, V>,
+        from: Bound<&K>,
+        to: Bound<&K>,
+        limit: usize,
+    ) -> Result<Vec<(K, V)>, Error>
+    where
+        K: Serialize + DeserializeOwned,
+        V: DeserializeOwned,
+    {
+        let id = self.shared.pstate_id(pstate.spec())?;
+        let mut merged = Vec::new();
+        for partition in 0..pstate.spec().partitions {
+            let (start, end) = key_range(id, partition, from, to)?;
+            merged.extend(self.state.scan(&start, &end, limit)?);
+        }
+        // Encoded keys sort as the keys do, so sorting past the partition prefix merges the
+        // partitions in key order.
+        merged.sort_by(|a, b| a.0[PARTITION_PREFIX_BYTES..].cmp(&b.0[PARTITION_PREFIX_BYTES..]));
+        merged.truncate(limit);
+        Ok(decode_map_entries(&merged)?)
+    }
+
+    /// Up to `limit` entries of one partition with keys in `(from, to)`, in key order.
+    pub fn partition_range<K, V>(
+        &self,
+        pstate: &PState<K, V>,
+        partition: u32,
+        from: Bound<&K>,
+        to: Bound<&K>,
+        limit: usize,
+    ) -> Result<Vec<(K, V)>, Error>
+    where
+        K: Serialize + DeserializeOwned,
+        V: DeserializeOwned,
+    {
+        let id = self.shared.pstate_id(pstate.spec())?;
+        let (start, end) = key_range(id, partition, from, to)?;
+        Ok(decode_map_entries(&self.state.scan(&start, &end, limit)?)?)
+    }
+
+    /// Whether the set under `key` holds `element`.
+    pub fn set_contains<K, E>(
+        &self,
+        pstate: &SetPState<K, E>,
+        key: &K,
+        element: &E,
+    ) -> Result<bool, Error>
+    where
+        K: Serialize,
+        E: Serialize,
+    {
+        let id = self.shared.pstate_id(pstate.spec())?;
+        let mut encoded = encode_key(key)?;
+        let partition = lockstep_core::partition_for_key_bytes(&encoded, pstate.spec().partitions);
+        lockstep_core::encode_key_into(element, &mut encoded)?;
+        Ok(self
+            .state
+            .get(&entry_key(id, partition, &encoded))?
+            .is_some())
+    }
+
+    /// Up to `limit` elements of the set under `key`, ascending, after `after`.
+    pub fn set_members<K, E>(
+        &self,
+        pstate: &SetPState<K, E>,
+        key: &K,
+        after: Option<&E>,
+        limit: usize,
+    ) -> Result<Vec<E>, Error>
+    where
+        K: Serialize,
+        E: Serialize + DeserializeOwned,
+    {
+        let id = self.shared.pstate_id(pstate.spec())?;
+        let encoded = encode_key(key)?;
+        let partition = lockstep_core::partition_for_key_bytes(&encoded, pstate.spec().partitions);
+        let (start, end) = set_range(id, partition, &encoded, after)?;
+        let entries = self.state.scan(&start, &end, limit)?;
+        Ok(decode_set_elements(
+            &entries,
+            PARTITION_PREFIX_BYTES + encoded.len(),
+        )?)
+    }
+
+    /// What `topology` recorded for `record`, if it has processed it and recorded anything.
+    pub fn outcome<O: DeserializeOwned>(
+        &self,
+        topology: &str,
+        record: RecordId,
+    ) -> Result<Option<Outcome<O>>, Error> {
+        let id = self.shared.outcome_table_id(topology)?;
+        match self.state.get(&outcome_key(id, record)?)? {
+            None => Ok(None),
+            Some(bytes) => {
+                let (batch_id, value): (u64, O) =
+                    decode_envelope(&bytes).map_err(lockstep_core::HandlerError::from)?;
+                Ok(Some(Outcome { batch_id, value }))
+            }
+        }
+    }
+}

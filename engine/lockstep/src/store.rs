@@ -1,0 +1,338 @@
+//! RocksDB behind the core's storage traits: one database, one write-ahead log, so a depot
+//! append and a batch commit are each one `WriteBatch` and a batch commit is atomic across every
+//! partition and PState. See `engine/docs/commit-protocol.md`.
+
+use std::path::Path;
+
+use lockstep_core::store::{
+    BatchCommit, CommitRecord, CommitStore, DepotEntry, DepotLog, Entry, StateRead, StoreError,
+};
+use lockstep_core::{decode_envelope, encode_envelope};
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, DBRecoveryMode, Direction,
+    IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB,
+};
+
+pub(crate) const CF_DEPOT: &str = "depot";
+pub(crate) const CF_STATE: &str = "state";
+pub(crate) const CF_META: &str = "meta";
+
+/// Bytes of a depot key: `[depot id: u32 BE][partition: u32 BE][offset: u64 BE]`.
+const DEPOT_KEY_BYTES: usize = 16;
+/// Meta values are small; this bounds what a corrupt one can make us allocate.
+const META_VALUE_BYTES_MAX: usize = 16 << 20;
+
+pub(crate) fn depot_key(depot_id: u32, partition: u32, offset: u64) -> [u8; DEPOT_KEY_BYTES] {
+    let mut key = [0u8; DEPOT_KEY_BYTES];
+    key[..4].copy_from_slice(&depot_id.to_be_bytes());
+    key[4..8].copy_from_slice(&partition.to_be_bytes());
+    key[8..].copy_from_slice(&offset.to_be_bytes());
+    key
+}
+
+fn commit_key(topology_id: u32) -> Vec<u8> {
+    let mut key = b"commit/".to_vec();
+    key.extend_from_slice(&topology_id.to_be_bytes());
+    key
+}
+
+fn io(op: &'static str) -> impl FnOnce(rocksdb::Error) -> StoreError {
+    move |e| StoreError::Io {
+        op,
+        message: e.into_string(),
+    }
+}
+
+/// The engine's one RocksDB database.
+pub(crate) struct RocksStore {
+    db: DB,
+}
+
+impl std::fmt::Debug for RocksStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksStore")
+            .field("path", &self.db.path())
+            .finish()
+    }
+}
+
+impl RocksStore {
+    pub(crate) fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        // Point-in-time recovery replays the WAL up to the first torn or corrupt record and stops:
+        // a synced write is before that point, so it is kept, and nothing after a hole is applied.
+        options.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
+        options.set_paranoid_checks(true);
+        options.set_max_background_jobs(2);
+        options.set_compression_type(DBCompressionType::Lz4);
+        let cfs = [CF_DEPOT, CF_STATE, CF_META].map(|name| {
+            let mut cf_options = Options::default();
+            cf_options.set_compression_type(DBCompressionType::Lz4);
+            ColumnFamilyDescriptor::new(name, cf_options)
+        });
+        let db = DB::open_cf_descriptors(&options, path, cfs).map_err(io("open"))?;
+        Ok(Self { db })
+    }
+
+    fn cf(&self, name: &'static str) -> Result<&ColumnFamily, StoreError> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| StoreError::Corruption(format!("column family {name:?} is missing")))
+    }
+
+    pub(crate) fn meta_get<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        let cf = self.cf(CF_META)?;
+        match self.db.get_pinned_cf(cf, key).map_err(io("meta read"))? {
+            None => Ok(None),
+            Some(bytes) => decode_envelope(&bytes).map(Some).map_err(|e| {
+                StoreError::Corruption(format!(
+                    "meta entry {:?}: {e}",
+                    String::from_utf8_lossy(key)
+                ))
+            }),
+        }
+    }
+
+    /// Writes meta entries durably in one batch (catalog changes at open).
+    pub(crate) fn meta_put_all(&self, entries: &[Entry]) -> Result<(), StoreError> {
+        let cf = self.cf(CF_META)?;
+        let mut batch = WriteBatch::default();
+        for (key, value) in entries {
+            batch.put_cf(cf, key, value);
+        }
+        self.db
+            .write_opt(batch, &synced())
+            .map_err(io("catalog write"))
+    }
+
+    pub(crate) fn encode_meta<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+        encode_envelope(value, META_VALUE_BYTES_MAX)
+            .map_err(|e| StoreError::Corruption(format!("meta entry does not encode: {e}")))
+    }
+
+    /// The live committed state, for a batch to read under its own overlay.
+    pub(crate) fn live(&self) -> Result<LiveState<'_>, StoreError> {
+        Ok(LiveState {
+            db: &self.db,
+            cf: self.cf(CF_STATE)?,
+        })
+    }
+
+    /// A point-in-time view of everything committed.
+    pub(crate) fn snapshot(&self) -> Result<SnapshotState<'_>, StoreError> {
+        Ok(SnapshotState {
+            snapshot: self.db.snapshot(),
+            state: self.cf(CF_STATE)?,
+            meta: self.cf(CF_META)?,
+        })
+    }
+
+    /// Every entry of the state column family, for determinism checks and debugging.
+    pub(crate) fn state_entries(&self) -> Result<Vec<Entry>, StoreError> {
+        let cf = self.cf(CF_STATE)?;
+        self.db
+            .iterator_cf(cf, IteratorMode::Start)
+            .map(|entry| {
+                entry
+                    .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .map_err(io("state scan"))
+            })
+            .collect()
+    }
+}
+
+fn synced() -> WriteOptions {
+    let mut options = WriteOptions::default();
+    options.set_sync(true);
+    options
+}
+
+impl DepotLog for RocksStore {
+    fn append(&self, entries: &[DepotEntry<'_>]) -> Result<(), StoreError> {
+        let cf = self.cf(CF_DEPOT)?;
+        let mut batch = WriteBatch::default();
+        for entry in entries {
+            batch.put_cf(
+                cf,
+                depot_key(entry.depot_id, entry.partition, entry.offset),
+                entry.bytes,
+            );
+        }
+        self.db
+            .write_opt(batch, &synced())
+            .map_err(io("depot append"))
+    }
+
+    fn read(
+        &self,
+        depot_id: u32,
+        partition: u32,
+        from_offset: u64,
+        records_max: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let cf = self.cf(CF_DEPOT)?;
+        let mut read_options = ReadOptions::default();
+        read_options.set_iterate_upper_bound(depot_key(depot_id, partition, u64::MAX).to_vec());
+        let mut iter = self.db.raw_iterator_cf_opt(cf, read_options);
+        iter.seek(depot_key(depot_id, partition, from_offset));
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut expected = from_offset;
+        while out.len() < records_max && (out.is_empty() || bytes < bytes_max) {
+            let (Some(key), Some(value)) = (iter.key(), iter.value()) else {
+                break;
+            };
+            let offset = parse_depot_offset(key, depot_id, partition)?;
+            // Offsets are dense: a gap means lost records, which must never be skipped silently.
+            if offset != expected {
+                return Err(StoreError::Corruption(format!(
+                    "depot {depot_id} partition {partition}: expected offset {expected}, found {offset}"
+                )));
+            }
+            bytes += value.len();
+            out.push((offset, value.to_vec()));
+            expected += 1;
+            iter.next();
+        }
+        iter.status().map_err(io("depot read"))?;
+        Ok(out)
+    }
+
+    fn next_offset(&self, depot_id: u32, partition: u32) -> Result<u64, StoreError> {
+        let cf = self.cf(CF_DEPOT)?;
+        let mut iter = self.db.raw_iterator_cf(cf);
+        iter.seek_for_prev(depot_key(depot_id, partition, u64::MAX));
+        let next = match iter.key() {
+            Some(key) if key[..8] == depot_key(depot_id, partition, 0)[..8] => {
+                parse_depot_offset(key, depot_id, partition)? + 1
+            }
+            _ => 0,
+        };
+        iter.status().map_err(io("depot scan"))?;
+        Ok(next)
+    }
+}
+
+fn parse_depot_offset(key: &[u8], depot_id: u32, partition: u32) -> Result<u64, StoreError> {
+    let prefix = depot_key(depot_id, partition, 0);
+    if key.len() != DEPOT_KEY_BYTES || key[..8] != prefix[..8] {
+        return Err(StoreError::Corruption(format!(
+            "depot {depot_id} partition {partition}: malformed key {key:02x?}"
+        )));
+    }
+    let mut offset = [0u8; 8];
+    offset.copy_from_slice(&key[8..]);
+    Ok(u64::from_be_bytes(offset))
+}
+
+impl CommitStore for RocksStore {
+    fn commit(&self, commit: BatchCommit<'_>) -> Result<(), StoreError> {
+        let state = self.cf(CF_STATE)?;
+        let meta = self.cf(CF_META)?;
+        let mut batch = WriteBatch::default();
+        for writes in commit.writes {
+            for (key, value) in writes {
+                match value {
+                    Some(value) => batch.put_cf(state, key, value),
+                    None => batch.delete_cf(state, key),
+                }
+            }
+        }
+        batch.put_cf(
+            meta,
+            commit_key(commit.topology_id),
+            Self::encode_meta(commit.record)?,
+        );
+        self.db
+            .write_opt(batch, &synced())
+            .map_err(io("batch commit"))
+    }
+
+    fn load_commit(&self, topology_id: u32) -> Result<Option<CommitRecord>, StoreError> {
+        self.meta_get(&commit_key(topology_id))
+    }
+}
+
+/// Committed state read straight from the database (see [`StateRead`]'s contract).
+pub(crate) struct LiveState<'a> {
+    db: &'a DB,
+    cf: &'a ColumnFamily,
+}
+
+impl StateRead for LiveState<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db.get_cf(self.cf, key).map_err(io("state read"))
+    }
+
+    fn scan(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let mut read_options = ReadOptions::default();
+        read_options.set_iterate_upper_bound(to.to_vec());
+        let iter = self.db.iterator_cf_opt(
+            self.cf,
+            read_options,
+            IteratorMode::From(from, Direction::Forward),
+        );
+        collect_scan(iter, limit)
+    }
+}
+
+fn collect_scan<I>(iter: I, limit: usize) -> Result<Vec<Entry>, StoreError>
+where
+    I: Iterator<Item = Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>>,
+{
+    iter.take(limit)
+        .map(|entry| {
+            entry
+                .map(|(k, v)| (k.into_vec(), v.into_vec()))
+                .map_err(io("state scan"))
+        })
+        .collect()
+}
+
+/// A RocksDB snapshot: every read sees the same set of committed batches.
+pub(crate) struct SnapshotState<'a> {
+    snapshot: rocksdb::Snapshot<'a>,
+    state: &'a ColumnFamily,
+    meta: &'a ColumnFamily,
+}
+
+impl SnapshotState<'_> {
+    pub(crate) fn load_commit(&self, topology_id: u32) -> Result<Option<CommitRecord>, StoreError> {
+        let key = commit_key(topology_id);
+        match self
+            .snapshot
+            .get_cf(self.meta, &key)
+            .map_err(io("meta read"))?
+        {
+            None => Ok(None),
+            Some(bytes) => decode_envelope(&bytes)
+                .map(Some)
+                .map_err(|e| StoreError::Corruption(format!("commit record: {e}"))),
+        }
+    }
+}
+
+impl StateRead for SnapshotState<'_> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.snapshot
+            .get_cf(self.state, key)
+            .map_err(io("state read"))
+    }
+
+    fn scan(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let mut read_options = ReadOptions::default();
+        read_options.set_iterate_upper_bound(to.to_vec());
+        let iter = self.snapshot.iterator_cf_opt(
+            self.state,
+            read_options,
+            IteratorMode::From(from, Direction::Forward),
+        );
+        collect_scan(iter, limit)
+    }
+}

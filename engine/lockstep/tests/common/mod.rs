@@ -1,0 +1,210 @@
+//! A small test topology ("ledger") and its sequential reference model.
+//!
+//! Each `Op { key, amount, mirror }` adds `amount` to `totals[key]` on the key's partition,
+//! records the new total as the op's outcome, and sends a message to `mirror`'s partition that
+//! appends `(key, amount)` to `mirror_log[mirror]`. The log is order-sensitive, so comparing it
+//! with the model checks the documented processing order, not just the sums.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::path::Path;
+
+use lockstep::{
+    partition_for_key, Depot, Engine, EngineOptions, PState, RecordId, Topology, TopologyBuilder,
+};
+use serde::{Deserialize, Serialize};
+
+pub const TOPOLOGY: &str = "ledger";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Op {
+    pub key: u32,
+    pub amount: i64,
+    pub mirror: u32,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Mirror {
+    pub to: u32,
+    pub from: u32,
+    pub amount: i64,
+}
+
+#[derive(Clone)]
+pub struct Ledger {
+    pub partitions: u32,
+    pub ops: Depot<Op>,
+    pub totals: PState<u32, i64>,
+    pub mirror_log: PState<u32, Vec<(u32, i64)>>,
+    pub topology: Topology,
+}
+
+pub fn ledger(partitions: u32) -> Ledger {
+    let ops = Depot::<Op>::hashed("ops", partitions, |op| op.key).expect("valid depot");
+    let mut builder = TopologyBuilder::<Mirror>::new(TOPOLOGY, partitions);
+    let totals = builder.pstate::<u32, i64>("totals");
+    let mirror_log = builder.pstate::<u32, Vec<(u32, i64)>>("mirror-log");
+    let (t, m) = (totals.clone(), mirror_log.clone());
+    builder.consume(&ops, move |ctx, op: Op| {
+        let total = ctx.get(&t, &op.key)?.unwrap_or(0) + op.amount;
+        ctx.put(&t, &op.key, &total)?;
+        ctx.record_outcome(&total)?;
+        ctx.send(
+            &op.mirror,
+            Mirror {
+                to: op.mirror,
+                from: op.key,
+                amount: op.amount,
+            },
+        )
+    });
+    builder.on_message(move |ctx, msg: Mirror| {
+        let mut log = ctx.get(&m, &msg.to)?.unwrap_or_default();
+        log.push((msg.from, msg.amount));
+        ctx.put(&m, &msg.to, &log)
+    });
+    Ledger {
+        partitions,
+        ops,
+        totals,
+        mirror_log,
+        topology: builder.build().expect("valid topology"),
+    }
+}
+
+pub fn open(dir: &Path, ledger: &Ledger, options: EngineOptions) -> lockstep::Result<Engine> {
+    Engine::builder(dir)
+        .options(options)
+        .depot(&ledger.ops)
+        .topology(ledger.topology.clone())
+        .open()
+}
+
+/// Committed state as the engine shows it in one snapshot.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LedgerState {
+    pub batch_id: u64,
+    pub totals: BTreeMap<u32, i64>,
+    pub mirror_log: BTreeMap<u32, Vec<(u32, i64)>>,
+}
+
+pub fn read_state(engine: &Engine, ledger: &Ledger) -> LedgerState {
+    let snapshot = engine.snapshot().expect("snapshot");
+    let all = usize::MAX;
+    LedgerState {
+        batch_id: snapshot.batch_id(TOPOLOGY).expect("batch id"),
+        totals: snapshot
+            .range(&ledger.totals, Bound::Unbounded, Bound::Unbounded, all)
+            .expect("totals")
+            .into_iter()
+            .collect(),
+        mirror_log: snapshot
+            .range(&ledger.mirror_log, Bound::Unbounded, Bound::Unbounded, all)
+            .expect("mirror log")
+            .into_iter()
+            .collect(),
+    }
+}
+
+/// The sequential reference model: the documented processing order, one step at a time.
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub partitions: u32,
+    pub state: LedgerState,
+    /// Durable but not yet consumed records, per partition, in offset order.
+    pub pending: Vec<Vec<(u64, Op)>>,
+    pub next_offset: Vec<u64>,
+    pub outcomes: BTreeMap<(u32, u64), (u64, i64)>,
+}
+
+impl Model {
+    pub fn new(partitions: u32) -> Self {
+        Self {
+            partitions,
+            state: LedgerState::default(),
+            pending: vec![Vec::new(); partitions as usize],
+            next_offset: vec![0; partitions as usize],
+            outcomes: BTreeMap::new(),
+        }
+    }
+
+    pub fn partition(&self, key: u32) -> u32 {
+        partition_for_key(&key, self.partitions).expect("u32 encodes")
+    }
+
+    /// Records an append; returns the (partition, offset) the engine must assign.
+    pub fn append(&mut self, op: Op) -> (u32, u64) {
+        let p = self.partition(op.key);
+        let offset = self.next_offset[p as usize];
+        self.next_offset[p as usize] += 1;
+        self.pending[p as usize].push((offset, op));
+        (p, offset)
+    }
+
+    /// Applies one batch taking at most `records_max` records per partition; false if there was
+    /// nothing to do.
+    pub fn run_batch(&mut self, records_max: usize) -> bool {
+        if self.pending.iter().all(Vec::is_empty) {
+            return false;
+        }
+        let batch_id = self.state.batch_id + 1;
+        // Round 0, partition by partition; collect messages in (partition, send) order.
+        let mut messages: Vec<Vec<Mirror>> = vec![Vec::new(); self.partitions as usize];
+        for p in 0..self.partitions as usize {
+            let take = self.pending[p].len().min(records_max);
+            let slice: Vec<(u64, Op)> = self.pending[p].drain(..take).collect();
+            for (offset, op) in slice {
+                let total = self.state.totals.get(&op.key).copied().unwrap_or(0) + op.amount;
+                self.state.totals.insert(op.key, total);
+                self.outcomes.insert((p as u32, offset), (batch_id, total));
+                let to = self.partition(op.mirror) as usize;
+                messages[to].push(Mirror {
+                    to: op.mirror,
+                    from: op.key,
+                    amount: op.amount,
+                });
+            }
+        }
+        // `messages[to]` was filled in sender order already (senders iterated ascending).
+        for inbox in messages {
+            for msg in inbox {
+                self.state
+                    .mirror_log
+                    .entry(msg.to)
+                    .or_default()
+                    .push((msg.from, msg.amount));
+            }
+        }
+        self.state.batch_id = batch_id;
+        true
+    }
+
+    pub fn run_until_idle(&mut self, records_max: usize) {
+        while self.run_batch(records_max) {}
+    }
+}
+
+/// Checks every outcome the model knows against the engine's.
+pub fn assert_outcomes(engine: &Engine, ledger: &Ledger, model: &Model, depot_id: u32) {
+    let snapshot = engine.snapshot().expect("snapshot");
+    for p in 0..ledger.partitions {
+        for offset in 0..model.next_offset[p as usize] {
+            let id = RecordId {
+                depot_id,
+                partition: p,
+                offset,
+            };
+            let got = snapshot
+                .outcome::<i64>(TOPOLOGY, id)
+                .expect("outcome read")
+                .map(|o| (o.batch_id, o.value));
+            assert_eq!(
+                got,
+                model.outcomes.get(&(p, offset)).copied(),
+                "outcome of partition {p} offset {offset}"
+            );
+        }
+    }
+}
