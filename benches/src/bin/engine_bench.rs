@@ -25,6 +25,9 @@ struct Args {
     /// Partitions for the end-to-end run.
     #[arg(long, default_value_t = 8)]
     partitions: u32,
+    /// Skip the depot append part.
+    #[arg(long)]
+    skip_append: bool,
 }
 
 /// A 100-byte record once in its envelope (5 header bytes + 1 length byte + 94 payload bytes).
@@ -132,22 +135,33 @@ struct BatchRun {
     events_per_s: f64,
     batches: usize,
     commit_p50_us: u64,
-    commit_p99_us: u64,
     batch_p50_us: u64,
     batch_p99_us: u64,
-    /// Per batch: entries written and their average size, to replay as the raw ceiling.
-    shapes: Vec<(u64, usize)>,
-    records_per_batch: f64,
+    /// Per batch: everything but the commit write (plan, read, execute, publish).
+    overhead_p50_us: u64,
+    overhead_p99_us: u64,
+    events: u64,
+    /// Per batch: entries written and their key + value bytes, to replay as the raw ceiling.
+    shapes: Vec<(u64, u64)>,
+    /// Distinct keys in the final state, the key space the raw replay overwrites.
+    keyspace: u64,
 }
 
-fn engine_batches(dir: &Path, args: &Args) -> anyhow::Result<BatchRun> {
+fn engine_batches(
+    dir: &Path,
+    args: &Args,
+    records_max: usize,
+    events: u64,
+) -> anyhow::Result<BatchRun> {
     let counter = counter(args.partitions)?;
+    let mut options = EngineOptions::manual();
+    options.batch_records_max = records_max;
     let engine = Engine::builder(dir)
-        .options(EngineOptions::manual())
+        .options(options)
         .depot(&counter.events)
         .topology(counter.topology.clone())
         .open()?;
-    let events: Vec<CountEvent> = (0..args.events)
+    let events: Vec<CountEvent> = (0..events)
         .map(|i| CountEvent {
             key: format!("key-{}", i % 50_000),
             group: format!("group-{}", i % 64),
@@ -163,53 +177,68 @@ fn engine_batches(dir: &Path, args: &Args) -> anyhow::Result<BatchRun> {
         summaries.push(summary);
     }
     let elapsed = started.elapsed();
-    let entries = engine.raw_state_entries()?;
-    let entry_bytes = entries
-        .iter()
-        .map(|(k, v)| k.len() + v.len())
-        .sum::<usize>()
-        / entries.len().max(1);
+    let keyspace = engine.raw_state_entries()?.len() as u64;
     let mut commit: Vec<u64> = summaries.iter().map(|s| s.commit_latency_us).collect();
     let mut batch: Vec<u64> = summaries.iter().map(|s| s.batch_latency_us).collect();
+    let mut overhead: Vec<u64> = summaries
+        .iter()
+        .map(|s| s.batch_latency_us.saturating_sub(s.commit_latency_us))
+        .collect();
     commit.sort_unstable();
     batch.sort_unstable();
+    overhead.sort_unstable();
     Ok(BatchRun {
-        events_per_s: args.events as f64 / elapsed.as_secs_f64(),
+        events_per_s: events.len() as f64 / elapsed.as_secs_f64(),
+        events: events.len() as u64,
+        overhead_p50_us: percentile(&overhead, 0.5),
+        overhead_p99_us: percentile(&overhead, 0.99),
         batches: summaries.len(),
         commit_p50_us: percentile(&commit, 0.5),
-        commit_p99_us: percentile(&commit, 0.99),
         batch_p50_us: percentile(&batch, 0.5),
         batch_p99_us: percentile(&batch, 0.99),
-        shapes: summaries.iter().map(|s| (s.writes, entry_bytes)).collect(),
-        records_per_batch: args.events as f64 / summaries.len().max(1) as f64,
+        shapes: summaries
+            .iter()
+            .map(|s| (s.writes, s.write_bytes))
+            .collect(),
+        keyspace,
     })
 }
 
-/// Writes the same number of entries of the same average size per batch, synced.
-fn raw_batches(
-    dir: &Path,
-    shapes: &[(u64, usize)],
-    events: u64,
-) -> anyhow::Result<(f64, u64, u64)> {
+/// Replays the engine's commits as raw synced `WriteBatch`es: per batch the same number of
+/// entries and the same bytes, keys spread over the same key space (so it overwrites as the
+/// engine does). Building the batch is timed, as it is in the engine's commit.
+fn raw_batches(dir: &Path, run: &BatchRun) -> anyhow::Result<(f64, u64, u64)> {
     let db = DB::open_default(dir)?;
     let mut latencies = Vec::new();
     let started = Instant::now();
     let mut n = 0u64;
-    for (writes, entry_bytes) in shapes {
-        let mut wb = WriteBatch::default();
-        for _ in 0..*writes {
-            let key = n.to_be_bytes();
-            n += 1;
-            wb.put(key, vec![1u8; entry_bytes.saturating_sub(8)]);
-        }
+    for (writes, bytes) in &run.shapes {
         let call = Instant::now();
+        let entry_bytes = (bytes / writes.max(&1)) as usize;
+        let value = vec![1u8; entry_bytes.saturating_sub(16)];
+        // A multiplicative hash scatters keys as the engine's partition hashing does; sorted,
+        // as the engine's write sets are.
+        let mut keys: Vec<[u8; 16]> = (0..*writes)
+            .map(|i| {
+                let slot = ((n + i) % run.keyspace.max(1)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let mut key = [0u8; 16];
+                key[..8].copy_from_slice(&slot.to_be_bytes());
+                key
+            })
+            .collect();
+        n += writes;
+        keys.sort_unstable();
+        let mut wb = WriteBatch::default();
+        for key in &keys {
+            wb.put(key, &value);
+        }
         db.write_opt(wb, &synced())?;
         latencies.push(call.elapsed().as_micros() as u64);
     }
     let elapsed = started.elapsed();
     latencies.sort_unstable();
     Ok((
-        events as f64 / elapsed.as_secs_f64(),
+        run.events as f64 / elapsed.as_secs_f64(),
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
     ))
@@ -229,7 +258,8 @@ fn main() -> anyhow::Result<()> {
         "{:>9} {:>9} {:>14} {:>14} {:>8}",
         "batch", "appenders", "lockstep", "raw rocksdb", "ratio"
     );
-    for threads in [1usize, 8] {
+    let thread_counts: &[usize] = if args.skip_append { &[] } else { &[1, 8] };
+    for &threads in thread_counts {
         for batch in [1usize, 100, 1000] {
             let mut engine_rates = Vec::new();
             let mut raw_rates = Vec::new();
@@ -250,42 +280,57 @@ fn main() -> anyhow::Result<()> {
 
     println!();
     println!(
-        "end to end: counter topology, {} events pre-appended, {} partitions, manual batches",
-        args.events, args.partitions
+        "end to end: counter topology (1 message hop per event), {} partitions, manual batches",
+        args.partitions
     );
-    let mut rows = Vec::new();
-    for _ in 0..args.runs {
-        let dir = tempfile::tempdir()?;
-        let run = engine_batches(dir.path(), &args).context("engine batch run")?;
-        let dir = tempfile::tempdir()?;
-        let raw = raw_batches(dir.path(), &run.shapes, args.events)?;
-        rows.push((run, raw));
+    println!(
+        "raw = synced WriteBatches with the same entries and bytes as each engine commit (the ceiling)"
+    );
+    println!("overhead = batch time beyond its commit write: plan + read + execute + publish");
+    println!(
+        "{:>8} {:>7} {:>8} {:>11} {:>11} {:>6} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "cap/part",
+        "events",
+        "batches",
+        "lockstep/s",
+        "raw/s",
+        "ratio",
+        "commit p50",
+        "raw p50",
+        "ovh p50",
+        "ovh p99",
+        "batch p50",
+        "batch p99"
+    );
+    for records_max in [1usize, 10, 100, 1_000, 10_000] {
+        // At least ~50 batches per row, or all the events.
+        let events = (records_max as u64 * u64::from(args.partitions) * 50).min(args.events);
+        let mut rows = Vec::new();
+        for _ in 0..args.runs {
+            let dir = tempfile::tempdir()?;
+            let run = engine_batches(dir.path(), &args, records_max, events)
+                .context("engine batch run")?;
+            let dir = tempfile::tempdir()?;
+            let raw = raw_batches(dir.path(), &run)?;
+            rows.push((run, raw));
+        }
+        rows.sort_by(|a, b| a.0.events_per_s.total_cmp(&b.0.events_per_s));
+        let (run, (raw_rate, raw_p50, _raw_p99)) = &rows[rows.len() / 2];
+        println!(
+            "{:>8} {:>7} {:>8} {:>11.0} {:>11.0} {:>5.0}% {:>8}us {:>8}us {:>8}us {:>8}us {:>8}us {:>8}us",
+            records_max,
+            run.events,
+            run.batches,
+            run.events_per_s,
+            raw_rate,
+            100.0 * run.events_per_s / raw_rate,
+            run.commit_p50_us,
+            raw_p50,
+            run.overhead_p50_us,
+            run.overhead_p99_us,
+            run.batch_p50_us,
+            run.batch_p99_us,
+        );
     }
-    rows.sort_by(|a, b| a.0.events_per_s.total_cmp(&b.0.events_per_s));
-    let (run, (raw_rate, raw_p50, raw_p99)) = &rows[rows.len() / 2];
-    println!(
-        "  lockstep     {:>10.0} events/s  {} batches (~{:.0} records each)",
-        run.events_per_s, run.batches, run.records_per_batch
-    );
-    println!(
-        "  raw rocksdb  {:>10.0} events/s  (same entries per batch, synced)",
-        raw_rate
-    );
-    println!(
-        "  ratio        {:>9.0}%",
-        100.0 * run.events_per_s / raw_rate
-    );
-    println!(
-        "  commit write p50 {} us  p99 {} us   (raw synced write of the same size: p50 {} us  p99 {} us)",
-        run.commit_p50_us, run.commit_p99_us, raw_p50, raw_p99
-    );
-    println!(
-        "  whole batch  p50 {} us  p99 {} us   (plan + read + execute + commit)",
-        run.batch_p50_us, run.batch_p99_us
-    );
-    println!(
-        "  commit overhead beyond the raw synced write: p50 {} us",
-        run.commit_p50_us.saturating_sub(*raw_p50)
-    );
     Ok(())
 }

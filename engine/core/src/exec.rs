@@ -12,6 +12,16 @@
 //! Partitions of one round run in parallel, but a partition only touches its own keys and its
 //! own outbox, so the result is the same as running them one after another in partition order:
 //! the same input gives the same write sets, byte for byte, whatever the thread count.
+//!
+//! ## Serializable delivery
+//!
+//! A topology built with [`Delivery::Serializable`] is handed its records one at a time, in the
+//! *batch order*: partition 0's records (depot by depot in declaration order, each in offset
+//! order), then partition 1's, and so on. Each record's messages, and their messages, are all
+//! handled (in rounds, as above) before the next record starts. The batch's effect is therefore
+//! exactly that of applying its records one after another in batch order, whatever partitions
+//! their messages visit: a sequential reference model fed the same records in that order must
+//! end in the same state with the same outcomes.
 
 use std::sync::Arc;
 
@@ -52,7 +62,7 @@ pub struct BatchInput {
 pub struct BatchOutput {
     /// The final write set of each partition, indexed by partition.
     pub writes: Vec<WriteSet>,
-    /// Rounds run, including round 0.
+    /// Rounds run, including round 0 (with serializable delivery: summed over records).
     pub rounds: u32,
     /// Depot records handled.
     pub records: u64,
@@ -116,6 +126,21 @@ fn record_suffix(record: &Option<RecordId>) -> String {
     }
 }
 
+/// How a batch's records are handed to the handlers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Delivery {
+    /// Round 0 hands every partition all its records at once; partitions run in parallel and
+    /// messages flow in later rounds. Fastest; right when a record's messages never race
+    /// another record's on the same keys (or when such races are resolved by the topology).
+    #[default]
+    Parallel,
+    /// Records are handled one at a time in batch order, each with all its messages, before
+    /// the next: the batch is equivalent to applying its records sequentially (see the module
+    /// docs). Right for cross-partition invariants such as parent/child links.
+    Serializable,
+}
+
 /// The object-safe face of a typed topology.
 pub(crate) trait RunBatch: Send + Sync {
     fn name(&self) -> &str;
@@ -139,6 +164,7 @@ pub(crate) struct TypedTopology<M> {
     pub(crate) pstates: Vec<Arc<PStateSpec>>,
     pub(crate) rounds_max: u32,
     pub(crate) round_messages_max: usize,
+    pub(crate) delivery: Delivery,
 }
 
 /// One partition's working state for the whole batch.
@@ -214,6 +240,100 @@ impl<M: Send + 'static> TypedTopology<M> {
             }
         }
         Ok(())
+    }
+
+    /// Handles one record on `partition`, then every message it causes, round by round.
+    /// Returns the rounds run (at least 1) and the messages delivered.
+    #[allow(clippy::too_many_arguments)]
+    fn run_record_to_quiescence(
+        &self,
+        partition: usize,
+        consumer: usize,
+        record: (u64, Vec<u8>),
+        work: &mut [PartitionWork<M>],
+        batch_id: u64,
+        ids: &ResolvedIds,
+        base: &dyn StateRead,
+    ) -> Result<(u32, u64), BatchError> {
+        let slot = &mut work[partition];
+        slot.records = vec![Vec::new(); self.consumers.len()];
+        slot.records[consumer].push(record);
+        self.run_partition(partition as u32, 0, slot, batch_id, ids, base)?;
+        let mut senders: Vec<usize> = Vec::new();
+        if !work[partition].outbox.is_empty() {
+            senders.push(partition);
+        }
+        let mut round = 0u32;
+        let mut messages = 0u64;
+        while !senders.is_empty() {
+            let sent: usize = senders.iter().map(|&s| work[s].outbox.len()).sum();
+            if sent > self.round_messages_max {
+                return Err(BatchError::MessagesExceeded {
+                    round,
+                    messages: sent,
+                    messages_max: self.round_messages_max,
+                });
+            }
+            round += 1;
+            if round > self.rounds_max {
+                return Err(BatchError::RoundsExceeded {
+                    rounds_max: self.rounds_max,
+                });
+            }
+            // Senders are ascending, so each inbox fills in (sending partition, send order).
+            let mut receivers = std::collections::BTreeSet::new();
+            for &sender in &senders {
+                for (destination, message) in std::mem::take(&mut work[sender].outbox) {
+                    work[destination as usize].inbox.push(message);
+                    receivers.insert(destination as usize);
+                }
+            }
+            messages += sent as u64;
+            senders.clear();
+            for receiver in receivers {
+                self.run_partition(
+                    receiver as u32,
+                    round,
+                    &mut work[receiver],
+                    batch_id,
+                    ids,
+                    base,
+                )?;
+                if !work[receiver].outbox.is_empty() {
+                    senders.push(receiver);
+                }
+            }
+        }
+        Ok((round + 1, messages))
+    }
+
+    fn execute_serializable(
+        &self,
+        work: &mut [PartitionWork<M>],
+        batch_id: u64,
+        ids: &ResolvedIds,
+        base: &dyn StateRead,
+    ) -> Result<(u32, u64), BatchError> {
+        let mut rounds = 0u32;
+        let mut messages = 0u64;
+        // Take every partition's records first: a partition receiving a message must not see
+        // its own records before their turn.
+        let all_slices: Vec<Vec<Vec<(u64, Vec<u8>)>>> = work
+            .iter_mut()
+            .map(|w| std::mem::take(&mut w.records))
+            .collect();
+        for (partition, slices) in all_slices.into_iter().enumerate() {
+            for (consumer, slice) in slices.into_iter().enumerate() {
+                for record in slice {
+                    let (record_rounds, record_messages) = self.run_record_to_quiescence(
+                        partition, consumer, record, work, batch_id, ids, base,
+                    )?;
+                    rounds = rounds.saturating_add(record_rounds);
+                    messages += record_messages;
+                }
+            }
+        }
+        Ok((rounds, messages))
     }
 
     fn run_round(
@@ -322,6 +442,16 @@ impl<M: Send + 'static> RunBatch for TypedTopology<M> {
                 records: part.slices,
                 inbox: Vec::new(),
                 outbox: Vec::new(),
+            });
+        }
+        if self.delivery == Delivery::Serializable {
+            let (rounds, messages) =
+                self.execute_serializable(&mut work, input.batch_id, ids, base)?;
+            return Ok(BatchOutput {
+                writes: work.into_iter().map(|w| w.writes).collect(),
+                rounds,
+                records,
+                messages,
             });
         }
         let mut round = 0u32;

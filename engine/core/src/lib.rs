@@ -23,6 +23,7 @@ pub use ctx::{
     decode_map_entries, decode_set_elements, decode_set_entry, key_range, outcome_key, set_range,
     Ctx, HandlerError, VALUE_BYTES_MAX,
 };
+pub use exec::Delivery;
 pub use hash::{partition_for_key, partition_for_key_bytes};
 pub use keycodec::{decode_key, decode_key_prefix, encode_key, encode_key_into, KeyCodecError};
 pub use schema::{

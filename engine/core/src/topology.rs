@@ -68,6 +68,7 @@ pub struct TopologyBuilder<M> {
     pstates: Vec<Arc<PStateSpec>>,
     rounds_max: u32,
     round_messages_max: usize,
+    delivery: crate::exec::Delivery,
     // Errors from the chaining methods surface at build(), so declarations read top to bottom.
     first_error: Option<SchemaError>,
 }
@@ -97,6 +98,7 @@ impl<M: Send + 'static> TopologyBuilder<M> {
             pstates: Vec::new(),
             rounds_max: ROUNDS_MAX_DEFAULT,
             round_messages_max: ROUND_MESSAGES_MAX_DEFAULT,
+            delivery: crate::exec::Delivery::Parallel,
             first_error,
         }
     }
@@ -180,6 +182,18 @@ impl<M: Send + 'static> TopologyBuilder<M> {
         self
     }
 
+    /// Chooses how records are handed to handlers (default [`Delivery::Parallel`]); with
+    /// [`Delivery::Serializable`] a batch is equivalent to applying its records one at a time in
+    /// batch order (see [`crate::exec`]). With serializable delivery, `rounds_max` bounds the
+    /// rounds of one record's messages.
+    ///
+    /// [`Delivery::Parallel`]: crate::exec::Delivery::Parallel
+    /// [`Delivery::Serializable`]: crate::exec::Delivery::Serializable
+    pub fn delivery(&mut self, delivery: crate::exec::Delivery) -> &mut Self {
+        self.delivery = delivery;
+        self
+    }
+
     /// Validates the definition.
     pub fn build(self) -> Result<Topology, SchemaError> {
         if let Some(e) = self.first_error {
@@ -218,6 +232,7 @@ impl<M: Send + 'static> TopologyBuilder<M> {
             pstates: self.pstates,
             rounds_max: self.rounds_max,
             round_messages_max: self.round_messages_max,
+            delivery: self.delivery,
         };
         Ok(Topology {
             inner: Arc::new(run),

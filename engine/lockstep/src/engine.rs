@@ -91,6 +91,8 @@ pub struct BatchSummary {
     pub messages: u64,
     /// Entries written (puts and deletes).
     pub writes: u64,
+    /// Key and value bytes written.
+    pub write_bytes: u64,
     /// Time from planning to published commit.
     pub batch_latency_us: u64,
     /// Time spent in the synced commit write.
@@ -993,6 +995,12 @@ fn run_one_batch(shared: &Shared, state: &TopologyState) -> Result<Option<BatchS
     }
     record.offsets.sort();
     let writes: u64 = output.writes.iter().map(|w| w.len() as u64).sum();
+    let write_bytes: u64 = output
+        .writes
+        .iter()
+        .flat_map(|w| w.iter())
+        .map(|(k, v)| (k.len() + v.as_ref().map_or(0, Vec::len)) as u64)
+        .sum();
 
     shared.poison.check()?;
     let commit_started = Instant::now();
@@ -1017,6 +1025,7 @@ fn run_one_batch(shared: &Shared, state: &TopologyState) -> Result<Option<BatchS
         rounds: output.rounds,
         messages: output.messages,
         writes,
+        write_bytes,
         batch_latency_us: started.elapsed().as_micros() as u64,
         commit_latency_us,
     };

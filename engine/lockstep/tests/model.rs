@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::{assert_outcomes, ledger, open, read_state, Model, Op};
-use lockstep::EngineOptions;
+use common::{assert_outcomes, ledger_with, open, read_state, Model, Op};
+use lockstep::{Delivery, EngineOptions};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
@@ -33,20 +33,22 @@ fn step() -> impl Strategy<Value = Step> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
     fn engine_matches_sequential_model(
         partitions in 1u32..5,
         records_max in 1usize..4,
+        serializable in any::<bool>(),
         steps in prop::collection::vec(step(), 1..40),
     ) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let ledger = ledger(partitions);
+        let delivery = if serializable { Delivery::Serializable } else { Delivery::Parallel };
+        let ledger = ledger_with(partitions, delivery);
         let mut options = EngineOptions::manual();
         options.batch_records_max = records_max;
         let mut engine = open(dir.path(), &ledger, options.clone()).expect("open");
-        let mut model = Model::new(partitions);
+        let mut model = Model::with_delivery(partitions, delivery);
         let mut depot_id = None;
         for step in steps {
             match step {

@@ -12,7 +12,8 @@ use std::ops::Bound;
 use std::path::Path;
 
 use lockstep::{
-    partition_for_key, Depot, Engine, EngineOptions, PState, RecordId, Topology, TopologyBuilder,
+    partition_for_key, Delivery, Depot, Engine, EngineOptions, PState, RecordId, Topology,
+    TopologyBuilder,
 };
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +43,10 @@ pub struct Ledger {
 }
 
 pub fn ledger(partitions: u32) -> Ledger {
+    ledger_with(partitions, Delivery::Parallel)
+}
+
+pub fn ledger_with(partitions: u32, delivery: Delivery) -> Ledger {
     let ops = Depot::<Op>::hashed("ops", partitions, |op| op.key).expect("valid depot");
     let mut builder = TopologyBuilder::<Mirror>::new(TOPOLOGY, partitions);
     let totals = builder.pstate::<u32, i64>("totals");
@@ -65,6 +70,7 @@ pub fn ledger(partitions: u32) -> Ledger {
         log.push((msg.from, msg.amount));
         ctx.put(&m, &msg.to, &log)
     });
+    builder.delivery(delivery);
     Ledger {
         partitions,
         ops,
@@ -112,6 +118,8 @@ pub fn read_state(engine: &Engine, ledger: &Ledger) -> LedgerState {
 #[derive(Debug, Clone)]
 pub struct Model {
     pub partitions: u32,
+    /// Serializable delivery: each record's message is handled before the next record.
+    pub serializable: bool,
     pub state: LedgerState,
     /// Durable but not yet consumed records, per partition, in offset order.
     pub pending: Vec<Vec<(u64, Op)>>,
@@ -121,8 +129,13 @@ pub struct Model {
 
 impl Model {
     pub fn new(partitions: u32) -> Self {
+        Self::with_delivery(partitions, Delivery::Parallel)
+    }
+
+    pub fn with_delivery(partitions: u32, delivery: Delivery) -> Self {
         Self {
             partitions,
+            serializable: delivery == Delivery::Serializable,
             state: LedgerState::default(),
             pending: vec![Vec::new(); partitions as usize],
             next_offset: vec![0; partitions as usize],
@@ -159,26 +172,36 @@ impl Model {
                 let total = self.state.totals.get(&op.key).copied().unwrap_or(0) + op.amount;
                 self.state.totals.insert(op.key, total);
                 self.outcomes.insert((p as u32, offset), (batch_id, total));
-                let to = self.partition(op.mirror) as usize;
-                messages[to].push(Mirror {
+                let message = Mirror {
                     to: op.mirror,
                     from: op.key,
                     amount: op.amount,
-                });
+                };
+                if self.serializable {
+                    // Batch order, one record at a time: its message lands before the next.
+                    messages[0].push(message);
+                    self.deliver(std::mem::take(&mut messages[0]));
+                } else {
+                    messages[self.partition(op.mirror) as usize].push(message);
+                }
             }
         }
         // `messages[to]` was filled in sender order already (senders iterated ascending).
         for inbox in messages {
-            for msg in inbox {
-                self.state
-                    .mirror_log
-                    .entry(msg.to)
-                    .or_default()
-                    .push((msg.from, msg.amount));
-            }
+            self.deliver(inbox);
         }
         self.state.batch_id = batch_id;
         true
+    }
+
+    fn deliver(&mut self, inbox: Vec<Mirror>) {
+        for msg in inbox {
+            self.state
+                .mirror_log
+                .entry(msg.to)
+                .or_default()
+                .push((msg.from, msg.amount));
+        }
     }
 
     pub fn run_until_idle(&mut self, records_max: usize) {
