@@ -167,10 +167,13 @@ pub(crate) struct TypedTopology<M> {
     pub(crate) delivery: Delivery,
 }
 
+/// A depot slice: `(offset, envelope)` ascending.
+type Slice = Vec<(u64, Vec<u8>)>;
+
 /// One partition's working state for the whole batch.
 struct PartitionWork<M> {
     writes: WriteSet,
-    records: Vec<Vec<(u64, Vec<u8>)>>,
+    records: Vec<Slice>,
     inbox: Vec<M>,
     outbox: Vec<(u32, M)>,
 }
@@ -318,7 +321,7 @@ impl<M: Send + 'static> TypedTopology<M> {
         let mut messages = 0u64;
         // Take every partition's records first: a partition receiving a message must not see
         // its own records before their turn.
-        let all_slices: Vec<Vec<Vec<(u64, Vec<u8>)>>> = work
+        let all_slices: Vec<_> = work
             .iter_mut()
             .map(|w| std::mem::take(&mut w.records))
             .collect();
