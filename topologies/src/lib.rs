@@ -3,7 +3,10 @@
 //!
 //! - [`counter`]: per-key counts plus per-group totals one partition hop away; the small
 //!   topology behind the engine benchmark and the first example.
+//! - [`components`]: component parent/child integrity across partitions, with its sequential
+//!   reference model and invariant checker.
 
 #![warn(missing_docs)]
 
+pub mod components;
 pub mod counter;

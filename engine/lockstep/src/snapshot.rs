@@ -5,8 +5,9 @@ use std::ops::Bound;
 
 use lockstep_core::store::StateRead;
 use lockstep_core::{
-    decode_envelope, decode_map_entries, decode_set_elements, encode_key, key_range,
-    layout::{entry_key, PARTITION_PREFIX_BYTES},
+    decode_envelope, decode_map_entries, decode_set_elements, decode_set_entry, encode_key,
+    key_range,
+    layout::{entry_key, partition_prefix, prefix_range, PARTITION_PREFIX_BYTES},
     outcome_key, set_range, PState, RecordId, SetPState,
 };
 use serde::de::DeserializeOwned;
@@ -155,6 +156,31 @@ impl<'e> Snapshot<'e> {
             &entries,
             PARTITION_PREFIX_BYTES + encoded.len(),
         )?)
+    }
+
+    /// Up to `limit` `(key, element)` pairs of a set PState across all partitions, in key then
+    /// element order.
+    pub fn set_entries<K, E>(
+        &self,
+        pstate: &SetPState<K, E>,
+        limit: usize,
+    ) -> Result<Vec<(K, E)>, Error>
+    where
+        K: DeserializeOwned,
+        E: DeserializeOwned,
+    {
+        let id = self.shared.pstate_id(pstate.spec())?;
+        let mut merged = Vec::new();
+        for partition in 0..pstate.spec().partitions {
+            let (start, end) = prefix_range(&partition_prefix(id, partition));
+            merged.extend(self.state.scan(&start, &end, limit)?);
+        }
+        merged.sort_by(|a, b| a.0[PARTITION_PREFIX_BYTES..].cmp(&b.0[PARTITION_PREFIX_BYTES..]));
+        merged.truncate(limit);
+        merged
+            .iter()
+            .map(|(key, _)| Ok(decode_set_entry(key)?))
+            .collect()
     }
 
     /// What `topology` recorded for `record`, if it has processed it and recorded anything.

@@ -1,0 +1,163 @@
+//! Runs the component topology on a real engine, batch by batch, next to the sequential model.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::path::Path;
+
+use lockstep::{Engine, EngineOptions, RecordId};
+use lockstep_topologies::components::invariants::{check, ComponentsView};
+use lockstep_topologies::components::model::Model;
+use lockstep_topologies::components::{
+    components, read_outcome, read_view, Command, Components, Outcome,
+};
+
+pub struct Harness {
+    pub engine: Option<Engine>,
+    pub handles: Components,
+    pub model: Model,
+    pub options: EngineOptions,
+    pub partitions: u32,
+    /// Acknowledged, not yet consumed commands per partition, in offset order.
+    pub pending: Vec<VecDeque<(RecordId, Command)>>,
+    /// Expected outcome of every consumed command.
+    pub outcomes: Vec<(RecordId, Outcome)>,
+}
+
+impl Harness {
+    pub fn open(dir: &Path, partitions: u32, records_max: usize) -> Self {
+        let handles = components(partitions).expect("declare");
+        let mut options = EngineOptions::manual();
+        options.batch_records_max = records_max;
+        let mut harness = Self {
+            engine: None,
+            handles,
+            model: Model::new(),
+            options,
+            partitions,
+            pending: vec![VecDeque::new(); partitions as usize],
+            outcomes: Vec::new(),
+        };
+        harness.reopen(dir);
+        harness
+    }
+
+    pub fn reopen(&mut self, dir: &Path) {
+        self.engine = None;
+        self.engine = Some(
+            Engine::builder(dir)
+                .options(self.options.clone())
+                .depot(&self.handles.commands)
+                .topology(self.handles.topology.clone())
+                .open()
+                .expect("open"),
+        );
+    }
+
+    pub fn engine(&self) -> &Engine {
+        self.engine.as_ref().expect("open engine")
+    }
+
+    pub fn append(&mut self, commands: &[Command]) -> Vec<RecordId> {
+        let ids = self
+            .engine()
+            .append_many(&self.handles.commands, commands)
+            .expect("append");
+        for (id, command) in ids.iter().zip(commands) {
+            self.pending[id.partition as usize].push_back((*id, command.clone()));
+        }
+        ids
+    }
+
+    /// Applies the next batch to the model exactly as the engine forms it: each partition's
+    /// pending commands up to the cap, partitions in order.
+    pub fn model_batch(&mut self) -> bool {
+        let cap = self.options.batch_records_max;
+        let mut any = false;
+        for partition in 0..self.pending.len() {
+            for _ in 0..cap {
+                let Some((id, command)) = self.pending[partition].pop_front() else {
+                    break;
+                };
+                any = true;
+                let outcome = self.model.apply(&command);
+                self.outcomes.push((id, outcome));
+            }
+        }
+        any
+    }
+
+    /// Runs one batch on both; false when neither had anything to do.
+    pub fn run_batch(&mut self) -> bool {
+        let ran = self
+            .engine()
+            .run_batch(lockstep_topologies::components::TOPOLOGY)
+            .expect("batch")
+            .is_some();
+        assert_eq!(
+            ran,
+            self.model_batch(),
+            "engine and model disagree on batch formation"
+        );
+        ran
+    }
+
+    pub fn run_until_idle(&mut self) {
+        while self.run_batch() {}
+    }
+
+    pub fn view(&self) -> ComponentsView {
+        let snapshot = self.engine().snapshot().expect("snapshot");
+        read_view(&snapshot, &self.handles).expect("read view")
+    }
+
+    /// Engine state equals the model's, every invariant holds, every outcome matches.
+    pub fn assert_matches_model(&self) {
+        let view = self.view();
+        let violations = check(&view);
+        assert!(violations.is_empty(), "invariants broken: {violations:#?}");
+        assert_eq!(
+            view,
+            self.model.view(),
+            "engine state differs from the model"
+        );
+        let snapshot = self.engine().snapshot().expect("snapshot");
+        for (id, expected) in &self.outcomes {
+            let got = read_outcome(&snapshot, *id)
+                .expect("read outcome")
+                .map(|(o, _)| o);
+            assert_eq!(got, Some(*expected), "outcome of {id:?}");
+        }
+    }
+}
+
+pub fn create(id: &str, parent: Option<&str>) -> Command {
+    Command::Create {
+        id: id.into(),
+        parent: parent.map(Into::into),
+        attrs: Default::default(),
+    }
+}
+
+pub fn reparent(id: &str, parent: Option<&str>) -> Command {
+    Command::Reparent {
+        id: id.into(),
+        parent: parent.map(Into::into),
+        if_version: None,
+    }
+}
+
+pub fn delete(id: &str, mode: lockstep_topologies::components::DeleteMode) -> Command {
+    Command::Delete {
+        id: id.into(),
+        mode,
+    }
+}
+
+pub fn update(id: &str, key: &str, value: &str, if_version: Option<u64>) -> Command {
+    Command::Update {
+        id: id.into(),
+        attrs: [(key.to_string(), value.to_string())].into(),
+        if_version,
+    }
+}
