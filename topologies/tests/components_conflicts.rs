@@ -1,0 +1,160 @@
+//! The races that corrupt uncoordinated stores, each within one batch, across partitions: the
+//! result must equal the sequential model and keep every invariant. Each scenario appends its
+//! racing commands together so they land in the same batch.
+
+mod common;
+
+use common::{create, delete, reparent, update, Harness};
+use lockstep_topologies::components::{DeleteMode, Outcome, RejectReason};
+
+const PARTITIONS: u32 = 4;
+
+fn harness(dir: &std::path::Path) -> Harness {
+    Harness::open(dir, PARTITIONS, 10_000)
+}
+
+/// Ids that land on distinct partitions, so every scenario below really crosses partitions.
+fn spread_ids(harness: &Harness, n: usize) -> Vec<String> {
+    let mut ids: Vec<String> = Vec::new();
+    let mut used = Vec::new();
+    for i in 0.. {
+        let id = format!("n{i}");
+        let p = harness
+            .handles
+            .commands
+            .partition_of(&create(&id, None))
+            .expect("routes");
+        if !used.contains(&p) || used.len() >= PARTITIONS as usize {
+            used.push(p);
+            ids.push(id);
+            if ids.len() == n {
+                break;
+            }
+        }
+    }
+    ids
+}
+
+fn outcome_of(harness: &Harness, index_from_end: usize) -> Outcome {
+    harness.outcomes[harness.outcomes.len() - 1 - index_from_end].1
+}
+
+#[test]
+fn create_child_while_its_parent_is_deleted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut h = harness(dir.path());
+    let ids = spread_ids(&h, 2);
+    let (parent, child) = (&ids[0], &ids[1]);
+    h.append(&[create(parent, None)]);
+    h.run_until_idle();
+    h.append(&[
+        delete(parent, DeleteMode::Cascade),
+        create(child, Some(parent)),
+    ]);
+    h.run_until_idle();
+    h.assert_matches_model();
+    // Whichever order the batch put them in, there is no orphan.
+    assert!(h
+        .view()
+        .components
+        .get(child.as_str())
+        .is_none_or(|c| c.parent.is_none()));
+}
+
+#[test]
+fn two_reparents_that_together_would_form_a_cycle() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut h = harness(dir.path());
+    let ids = spread_ids(&h, 3);
+    let (root, a, b) = (&ids[0], &ids[1], &ids[2]);
+    h.append(&[create(root, None)]);
+    h.run_until_idle();
+    h.append(&[create(a, Some(root)), create(b, Some(root))]);
+    h.run_until_idle();
+    // a under b and b under a: each alone is fine, together a cycle.
+    h.append(&[reparent(a, Some(b)), reparent(b, Some(a))]);
+    h.run_until_idle();
+    h.assert_matches_model();
+    let rejected = [outcome_of(&h, 0), outcome_of(&h, 1)]
+        .iter()
+        .filter(|o| **o == Outcome::Rejected(RejectReason::WouldCreateCycle))
+        .count();
+    assert_eq!(rejected, 1, "exactly one of the two reparents must lose");
+}
+
+#[test]
+fn update_racing_delete() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut h = harness(dir.path());
+    let ids = spread_ids(&h, 2);
+    h.append(&[create(&ids[0], None), create(&ids[1], Some(&ids[0]))]);
+    h.run_until_idle();
+    h.append(&[
+        update(&ids[1], "k", "v", Some(1)),
+        delete(&ids[0], DeleteMode::Cascade),
+        update(&ids[1], "k", "w", None),
+    ]);
+    h.run_until_idle();
+    h.assert_matches_model();
+}
+
+#[test]
+fn cascade_delete_of_a_deep_tree_while_children_are_added_under_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut h = harness(dir.path());
+    // A chain root <- n1 <- n2 ... built one level per batch.
+    h.append(&[create("root", None)]);
+    h.run_until_idle();
+    let mut parent = "root".to_string();
+    for level in 1..=40 {
+        let id = format!("chain{level}");
+        h.append(&[create(&id, Some(&parent))]);
+        h.run_until_idle();
+        parent = id;
+    }
+    // In one batch: add children at several depths and cascade-delete from the root.
+    let mut racing = Vec::new();
+    for level in (1..=40).step_by(7) {
+        racing.push(create(
+            &format!("late{level}"),
+            Some(&format!("chain{level}")),
+        ));
+    }
+    racing.push(delete("root", DeleteMode::Cascade));
+    racing.push(create("after", Some("chain40")));
+    h.append(&racing);
+    h.run_until_idle();
+    h.assert_matches_model();
+    assert!(
+        h.view()
+            .components
+            .keys()
+            .all(|id| !id.starts_with("chain")),
+        "the whole chain is gone"
+    );
+}
+
+#[test]
+fn reparent_versions_and_restrict() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut h = harness(dir.path());
+    let ids = spread_ids(&h, 4);
+    h.append(&[create(&ids[0], None), create(&ids[1], None)]);
+    h.run_until_idle();
+    h.append(&[
+        create(&ids[2], Some(&ids[0])),
+        delete(&ids[0], DeleteMode::Restrict),
+        reparent(&ids[2], Some(&ids[1])),
+        delete(&ids[0], DeleteMode::Restrict),
+        reparent(&ids[2], None),
+        reparent(&ids[2], Some(&ids[2])),
+        reparent(&ids[3], Some(&ids[1])),
+        create(&ids[3], Some("missing")),
+    ]);
+    h.run_until_idle();
+    h.assert_matches_model();
+    let view = h.view();
+    let moved = &view.components[&ids[2]];
+    assert_eq!(moved.parent, None);
+    assert_eq!(moved.version, 3, "created, then reparented twice");
+}
