@@ -158,3 +158,32 @@ fn reparent_versions_and_restrict() {
     assert_eq!(moved.parent, None);
     assert_eq!(moved.version, 3, "created, then reparented twice");
 }
+
+#[test]
+fn parent_and_child_appended_together_apply_in_append_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut h = harness(dir.path());
+    // Find a child whose partition sorts before its parent's: partition order would get it wrong.
+    let parent = "p".to_string();
+    let parent_partition = h
+        .handles
+        .commands
+        .partition_of(&create(&parent, None))
+        .expect("routes");
+    let child = (0..)
+        .map(|i| format!("c{i}"))
+        .find(|id| {
+            h.handles
+                .commands
+                .partition_of(&create(id, None))
+                .expect("routes")
+                != parent_partition
+        })
+        .expect("some id lands elsewhere");
+    h.append(&[create(&parent, None), create(&child, Some(&parent))]);
+    assert!(h.run_batch(), "one batch");
+    assert!(!h.run_batch(), "and only one");
+    h.assert_matches_model();
+    assert_eq!(outcome_of(&h, 0), Outcome::Applied);
+    assert_eq!(outcome_of(&h, 1), Outcome::Applied);
+}

@@ -9,12 +9,10 @@ use lockstep_topologies::components::DeleteMode;
 fn cascade_deletes_ten_thousand_nodes_in_one_batch() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut h = Harness::open(dir.path(), 8, 100_000);
-    // Separate batches: within one, batch order (by partition) could put the child first.
-    h.append(&[create("keep", None)]);
+    // One call: a batch applies commands in append order, so the parent exists for the child.
+    h.append(&[create("keep", None), create("top", Some("keep"))]);
     h.run_until_idle();
-    h.append(&[create("top", Some("keep"))]);
-    h.run_until_idle();
-    // A ternary tree under "top", built one level per batch (a child must find its parent).
+    // A ternary tree under "top", one level per append.
     let mut level = vec!["top".to_string()];
     let mut nodes = 1usize;
     let mut next = 0usize;

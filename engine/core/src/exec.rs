@@ -2,8 +2,12 @@
 //!
 //! ## Processing order (a documented contract)
 //!
-//! 1. **Round 0**: every partition `p` handles its input: for each consumed depot in
-//!    declaration order, that depot's records of partition `p` in offset order.
+//! Every depot record carries the global sequence number the appender gave it (append order:
+//! the order appends were made durable, and within one append call the call's order). A
+//! batch's input is a list of records in that order.
+//!
+//! 1. **Round 0**: every partition `p` handles its records, in append order (for one depot,
+//!    that is offset order).
 //! 2. **Routing**: messages sent in a round are delivered in the next round. Partition `q`
 //!    receives them ordered by sending partition (ascending), then by the order they were sent.
 //! 3. **Round r ≥ 1**: every partition handles its delivered messages in that order. Rounds
@@ -15,11 +19,10 @@
 //!
 //! ## Serializable delivery
 //!
-//! A topology built with [`Delivery::Serializable`] is handed its records one at a time, in the
-//! *batch order*: partition 0's records (depot by depot in declaration order, each in offset
-//! order), then partition 1's, and so on. Each record's messages, and their messages, are all
-//! handled (in rounds, as above) before the next record starts. The batch's effect is therefore
-//! exactly that of applying its records one after another in batch order, whatever partitions
+//! A topology built with [`Delivery::Serializable`] is handed its records one at a time, in
+//! append order across all partitions and depots. Each record's messages, and their messages,
+//! are all handled (in rounds, as above) before the next record starts. The batch's effect is therefore
+//! exactly that of applying its records one after another in append order, whatever partitions
 //! their messages visit: a sequential reference model fed the same records in that order must
 //! end in the same state with the same outcomes.
 
@@ -41,11 +44,19 @@ pub struct ResolvedIds {
     pub outcome_pstate_id: u32,
 }
 
-/// The records one partition handles in round 0.
-#[derive(Debug, Clone, Default)]
-pub struct PartitionInput {
-    /// One slice per consumed depot, in consumption order: `(offset, envelope)` ascending.
-    pub slices: Vec<Vec<(u64, Vec<u8>)>>,
+/// One depot record of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputRecord {
+    /// Index of the consuming depot in the topology's consumption order.
+    pub consumer: usize,
+    /// Partition of the record (and of the handler that gets it).
+    pub partition: u32,
+    /// Offset within the partition.
+    pub offset: u64,
+    /// Global append sequence number.
+    pub seq: u64,
+    /// The record's envelope.
+    pub bytes: Vec<u8>,
 }
 
 /// The input of one batch.
@@ -53,8 +64,8 @@ pub struct PartitionInput {
 pub struct BatchInput {
     /// The id the batch commits under.
     pub batch_id: u64,
-    /// Indexed by partition.
-    pub partitions: Vec<PartitionInput>,
+    /// The batch's records in append order (ascending `seq`).
+    pub records: Vec<InputRecord>,
 }
 
 /// What one batch produced.
@@ -135,7 +146,7 @@ pub enum Delivery {
     /// another record's on the same keys (or when such races are resolved by the topology).
     #[default]
     Parallel,
-    /// Records are handled one at a time in batch order, each with all its messages, before
+    /// Records are handled one at a time in append order, each with all its messages, before
     /// the next: the batch is equivalent to applying its records sequentially (see the module
     /// docs). Right for cross-partition invariants such as parent/child links.
     Serializable,
@@ -167,13 +178,11 @@ pub(crate) struct TypedTopology<M> {
     pub(crate) delivery: Delivery,
 }
 
-/// A depot slice: `(offset, envelope)` ascending.
-type Slice = Vec<(u64, Vec<u8>)>;
-
 /// One partition's working state for the whole batch.
 struct PartitionWork<M> {
     writes: WriteSet,
-    records: Vec<Slice>,
+    /// Round-0 records, in append order.
+    records: Vec<InputRecord>,
     inbox: Vec<M>,
     outbox: Vec<(u32, M)>,
 }
@@ -208,22 +217,28 @@ impl<M: Send + 'static> TypedTopology<M> {
             outbox: &mut work.outbox,
             has_message_handler: self.on_message.is_some(),
         };
-        for ((consumer, depot_id), slice) in self.consumers.iter().zip(&ids.depot_ids).zip(records)
-        {
-            for (offset, bytes) in slice {
-                let record = RecordId {
-                    depot_id: *depot_id,
-                    partition,
-                    offset,
-                };
-                ctx.record = Some(record);
-                (consumer.handler)(&mut ctx, &bytes).map_err(|source| BatchError::Handler {
-                    partition,
-                    round,
-                    record: Some(record),
-                    source,
-                })?;
-            }
+        for input in records {
+            let (Some(consumer), Some(depot_id)) = (
+                self.consumers.get(input.consumer),
+                ids.depot_ids.get(input.consumer),
+            ) else {
+                return Err(BatchError::InputShape {
+                    expected: self.consumers.len(),
+                    got: input.consumer + 1,
+                });
+            };
+            let record = RecordId {
+                depot_id: *depot_id,
+                partition,
+                offset: input.offset,
+            };
+            ctx.record = Some(record);
+            (consumer.handler)(&mut ctx, &input.bytes).map_err(|source| BatchError::Handler {
+                partition,
+                round,
+                record: Some(record),
+                source,
+            })?;
         }
         ctx.record = None;
         if !inbox.is_empty() {
@@ -245,22 +260,19 @@ impl<M: Send + 'static> TypedTopology<M> {
         Ok(())
     }
 
-    /// Handles one record on `partition`, then every message it causes, round by round.
+    /// Handles one record on its partition, then every message it causes, round by round.
     /// Returns the rounds run (at least 1) and the messages delivered.
-    #[allow(clippy::too_many_arguments)]
     fn run_record_to_quiescence(
         &self,
-        partition: usize,
-        consumer: usize,
-        record: (u64, Vec<u8>),
+        record: InputRecord,
         work: &mut [PartitionWork<M>],
         batch_id: u64,
         ids: &ResolvedIds,
         base: &dyn StateRead,
     ) -> Result<(u32, u64), BatchError> {
+        let partition = record.partition as usize;
         let slot = &mut work[partition];
-        slot.records = vec![Vec::new(); self.consumers.len()];
-        slot.records[consumer].push(record);
+        slot.records.push(record);
         self.run_partition(partition as u32, 0, slot, batch_id, ids, base)?;
         let mut senders: Vec<usize> = Vec::new();
         if !work[partition].outbox.is_empty() {
@@ -312,6 +324,7 @@ impl<M: Send + 'static> TypedTopology<M> {
 
     fn execute_serializable(
         &self,
+        records: Vec<InputRecord>,
         work: &mut [PartitionWork<M>],
         batch_id: u64,
         ids: &ResolvedIds,
@@ -319,22 +332,11 @@ impl<M: Send + 'static> TypedTopology<M> {
     ) -> Result<(u32, u64), BatchError> {
         let mut rounds = 0u32;
         let mut messages = 0u64;
-        // Take every partition's records first: a partition receiving a message must not see
-        // its own records before their turn.
-        let all_slices: Vec<_> = work
-            .iter_mut()
-            .map(|w| std::mem::take(&mut w.records))
-            .collect();
-        for (partition, slices) in all_slices.into_iter().enumerate() {
-            for (consumer, slice) in slices.into_iter().enumerate() {
-                for record in slice {
-                    let (record_rounds, record_messages) = self.run_record_to_quiescence(
-                        partition, consumer, record, work, batch_id, ids, base,
-                    )?;
-                    rounds = rounds.saturating_add(record_rounds);
-                    messages += record_messages;
-                }
-            }
+        for record in records {
+            let (record_rounds, record_messages) =
+                self.run_record_to_quiescence(record, work, batch_id, ids, base)?;
+            rounds = rounds.saturating_add(record_rounds);
+            messages += record_messages;
         }
         Ok((rounds, messages))
     }
@@ -348,13 +350,10 @@ impl<M: Send + 'static> TypedTopology<M> {
         base: &dyn StateRead,
         threads: usize,
     ) -> Result<(), BatchError> {
-        let items: usize = work
-            .iter()
-            .map(|w| w.inbox.len() + w.records.iter().map(Vec::len).sum::<usize>())
-            .sum();
+        let items: usize = work.iter().map(|w| w.inbox.len() + w.records.len()).sum();
         let busy = work
             .iter()
-            .filter(|w| !w.inbox.is_empty() || w.records.iter().any(|s| !s.is_empty()))
+            .filter(|w| !w.inbox.is_empty() || !w.records.is_empty())
             .count();
         if threads <= 1 || busy <= 1 || items < PARALLEL_ITEMS_MIN {
             for (p, w) in work.iter_mut().enumerate() {
@@ -417,12 +416,6 @@ impl<M: Send + 'static> RunBatch for TypedTopology<M> {
         threads: usize,
     ) -> Result<BatchOutput, BatchError> {
         let partitions = self.partitions as usize;
-        if input.partitions.len() != partitions {
-            return Err(BatchError::InputShape {
-                expected: partitions,
-                got: input.partitions.len(),
-            });
-        }
         if ids.depot_ids.len() != self.consumers.len() || ids.pstate_ids.len() != self.pstates.len()
         {
             return Err(BatchError::InputShape {
@@ -430,32 +423,38 @@ impl<M: Send + 'static> RunBatch for TypedTopology<M> {
                 got: ids.depot_ids.len() + ids.pstate_ids.len(),
             });
         }
-        let mut records = 0u64;
-        let mut work = Vec::with_capacity(partitions);
-        for part in input.partitions {
-            if part.slices.len() != self.consumers.len() {
-                return Err(BatchError::InputShape {
-                    expected: self.consumers.len(),
-                    got: part.slices.len(),
-                });
-            }
-            records += part.slices.iter().map(|s| s.len() as u64).sum::<u64>();
-            work.push(PartitionWork {
-                writes: WriteSet::new(),
-                records: part.slices,
-                inbox: Vec::new(),
-                outbox: Vec::new(),
+        if let Some(bad) = input
+            .records
+            .iter()
+            .find(|r| r.partition as usize >= partitions || r.consumer >= self.consumers.len())
+        {
+            return Err(BatchError::InputShape {
+                expected: partitions,
+                got: bad.partition as usize + 1,
             });
         }
+        let records = input.records.len() as u64;
+        let mut work: Vec<PartitionWork<M>> = (0..partitions)
+            .map(|_| PartitionWork {
+                writes: WriteSet::new(),
+                records: Vec::new(),
+                inbox: Vec::new(),
+                outbox: Vec::new(),
+            })
+            .collect();
         if self.delivery == Delivery::Serializable {
             let (rounds, messages) =
-                self.execute_serializable(&mut work, input.batch_id, ids, base)?;
+                self.execute_serializable(input.records, &mut work, input.batch_id, ids, base)?;
             return Ok(BatchOutput {
                 writes: work.into_iter().map(|w| w.writes).collect(),
                 rounds,
                 records,
                 messages,
             });
+        }
+        // Each partition's list keeps the input's append order.
+        for record in input.records {
+            work[record.partition as usize].records.push(record);
         }
         let mut round = 0u32;
         let mut messages = 0u64;

@@ -61,8 +61,21 @@ pub struct DepotEntry<'a> {
     pub partition: u32,
     /// The next offset of that partition when the group was formed.
     pub offset: u64,
+    /// The global append sequence number (append order across all depots and partitions).
+    pub seq: u64,
     /// The record's envelope.
     pub bytes: &'a [u8],
+}
+
+/// One stored depot record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DepotRecord {
+    /// Offset within its partition.
+    pub offset: u64,
+    /// Global append sequence number.
+    pub seq: u64,
+    /// The record's envelope.
+    pub bytes: Vec<u8>,
 }
 
 /// The depot log.
@@ -72,11 +85,13 @@ pub struct DepotEntry<'a> {
 ///   entry survives a crash or power loss; when it returns `Err`, any subset may have survived
 ///   (the caller must not acknowledge any of them and must stop writing: poison).
 /// - Offsets within a partition are dense and increasing; the caller assigns them and never
-///   reuses one. The log does not reorder.
+///   reuses one. The log does not reorder. Each entry keeps the global sequence number the
+///   caller gave it (strictly increasing in append order across the whole log).
 /// - `read` returns entries in offset order, starting at `from_offset`, stopping before
 ///   `records_max` entries or once `bytes_max` is reached (always at least one entry if any
 ///   exists, so one large record cannot stall a partition).
-/// - `next_offset` is one past the last durable entry of a partition (0 when empty); it is only
+/// - `next_offset` is one past the last durable entry of a partition (0 when empty), and
+///   `max_seq` the largest sequence number of any durable entry of any depot; both are only
 ///   called while no append is in flight (at open).
 pub trait DepotLog: Send + Sync {
     /// Durably appends `entries` as one atomic group.
@@ -89,9 +104,11 @@ pub trait DepotLog: Send + Sync {
         from_offset: u64,
         records_max: usize,
         bytes_max: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+    ) -> Result<Vec<DepotRecord>, StoreError>;
     /// One past the last durable offset of a partition.
     fn next_offset(&self, depot_id: u32, partition: u32) -> Result<u64, StoreError>;
+    /// The largest sequence number in the whole log (`None` when it is empty).
+    fn max_seq(&self) -> Result<Option<u64>, StoreError>;
 }
 
 /// Where a topology has consumed a depot partition up to.

@@ -184,7 +184,7 @@ impl<M: Send + 'static> TopologyBuilder<M> {
 
     /// Chooses how records are handed to handlers (default [`Delivery::Parallel`]); with
     /// [`Delivery::Serializable`] a batch is equivalent to applying its records one at a time in
-    /// batch order (see [`crate::exec`]). With serializable delivery, `rounds_max` bounds the
+    /// append order (see [`crate::exec`]). With serializable delivery, `rounds_max` bounds the
     /// rounds of one record's messages.
     ///
     /// [`Delivery::Parallel`]: crate::exec::Delivery::Parallel

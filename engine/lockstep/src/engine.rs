@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use lockstep_core::exec::{BatchInput, PartitionInput, ResolvedIds};
+use lockstep_core::exec::{BatchInput, InputRecord, ResolvedIds};
 use lockstep_core::store::{
     BatchCommit, CommitRecord, CommitStore, ConsumedOffset, DepotEntry, DepotLog, Entry, StoreError,
 };
@@ -233,6 +233,10 @@ pub(crate) struct Shared {
     pub(crate) pstates: BTreeMap<String, (Option<Arc<PStateSpec>>, u32)>,
     input: InputSignal,
     shutdown: AtomicBool,
+    /// One past the largest sequence number whose whole group is durable and whose heads are
+    /// published. Stored after the heads (release), so a planner that loads it first (acquire)
+    /// sees every head up to it.
+    durable_seq: AtomicU64,
 }
 
 impl Shared {
@@ -454,7 +458,9 @@ impl Engine {
             StoreError::Injected(failpoints::RECOVERY_BEFORE_START)
         )));
 
+        let next_seq = store.max_seq()?.map_or(0, |max| max + 1);
         let shared = Arc::new(Shared {
+            durable_seq: AtomicU64::new(next_seq),
             store,
             options: builder.options,
             poison: Poison::default(),
@@ -682,13 +688,13 @@ impl Engine {
             .store
             .read(state.id, partition, from_offset, wanted, usize::MAX)?;
         raw.into_iter()
-            .map(|(offset, bytes)| {
-                decode_envelope(&bytes)
-                    .map(|record| (offset, record))
+            .map(|stored| {
+                decode_envelope(&stored.bytes)
+                    .map(|record| (stored.offset, record))
                     .map_err(|source| Error::CorruptRecord {
                         depot: depot.name().to_string(),
                         partition,
-                        offset,
+                        offset: stored.offset,
                         source,
                     })
             })
@@ -783,6 +789,7 @@ fn recover_progress(
 // ---- the appender: group commit of depot records ----
 
 fn run_appender(shared: &Shared, requests: &Receiver<AppendRequest>) {
+    let mut next_seq = shared.durable_seq.load(Ordering::Acquire);
     let mut next_offsets: BTreeMap<u32, Vec<u64>> = shared
         .depots
         .values()
@@ -821,8 +828,10 @@ fn run_appender(shared: &Shared, requests: &Receiver<AppendRequest>) {
                     depot_id,
                     partition: *partition,
                     offset: *slot,
+                    seq: next_seq,
                     bytes,
                 });
+                next_seq += 1;
                 request_ids.push(RecordId {
                     depot_id,
                     partition: *partition,
@@ -838,6 +847,7 @@ fn run_appender(shared: &Shared, requests: &Receiver<AppendRequest>) {
                 for ((_, partition), (depot, next)) in touched {
                     depot.heads[partition as usize].store(next, Ordering::Release);
                 }
+                shared.durable_seq.store(next_seq, Ordering::Release);
                 shared.input.bump();
                 for (request, request_ids) in group.into_iter().zip(ids) {
                     let _ = request.reply.send(Ok(request_ids));
@@ -905,6 +915,75 @@ fn run_driver(shared: &Shared, topology: &TopologyState) {
     }
 }
 
+/// Plans the next batch: the longest prefix, in append order, of the durable records past the
+/// committed offsets in which no partition exceeds its record or byte cap. Returns the input
+/// and the consumed offsets after it; `None` when there is nothing new.
+fn plan_batch(
+    shared: &Shared,
+    state: &TopologyState,
+    progress: &Progress,
+) -> Result<Option<(BatchInput, Vec<Vec<u64>>)>, Error> {
+    // Load the watermark before the heads: every head of a group below it is then visible.
+    let durable_seq = shared.durable_seq.load(Ordering::Acquire);
+    let records_max = shared.options.batch_records_max.max(1);
+    let bytes_max = shared.options.batch_bytes_max.max(1);
+    let partitions = state.topology.partitions() as usize;
+    let mut candidates = Vec::new();
+    for partition in 0..partitions {
+        for (consumer, depot) in state.inputs.iter().enumerate() {
+            let from = progress.consumed[consumer][partition];
+            let head = depot.heads[partition].load(Ordering::Acquire);
+            // One record past the cap tells where the cap cuts this partition.
+            let wanted = head.saturating_sub(from).min(records_max as u64 + 1) as usize;
+            if wanted == 0 {
+                continue;
+            }
+            let stored = shared
+                .store
+                .read(depot.id, partition as u32, from, wanted, bytes_max)?;
+            candidates.extend(stored.into_iter().filter(|r| r.seq < durable_seq).map(|r| {
+                InputRecord {
+                    consumer,
+                    partition: partition as u32,
+                    offset: r.offset,
+                    seq: r.seq,
+                    bytes: r.bytes,
+                }
+            }));
+        }
+    }
+    if candidates.is_empty() {
+        return Ok(None);
+    }
+    candidates.sort_by_key(|r| r.seq);
+    let mut records_in = vec![0usize; partitions];
+    let mut bytes_in = vec![0usize; partitions];
+    let mut take = 0;
+    for record in &candidates {
+        let p = record.partition as usize;
+        let over_records = records_in[p] >= records_max;
+        let over_bytes = records_in[p] > 0 && bytes_in[p] + record.bytes.len() > bytes_max;
+        if over_records || over_bytes {
+            break;
+        }
+        records_in[p] += 1;
+        bytes_in[p] += record.bytes.len();
+        take += 1;
+    }
+    candidates.truncate(take);
+    let mut consumed = progress.consumed.clone();
+    for record in &candidates {
+        consumed[record.consumer][record.partition as usize] = record.offset + 1;
+    }
+    Ok(Some((
+        BatchInput {
+            batch_id: progress.record.batch_id + 1,
+            records: candidates,
+        },
+        consumed,
+    )))
+}
+
 /// Plans, executes and commits one batch. `Ok(None)` when there is no new input.
 fn run_one_batch(shared: &Shared, state: &TopologyState) -> Result<Option<BatchSummary>, Error> {
     let _serial = lock(&state.run_lock);
@@ -919,44 +998,9 @@ fn run_one_batch(shared: &Shared, state: &TopologyState) -> Result<Option<BatchS
     }
     shared.poison.check()?;
 
-    // Plan: each partition takes, depot by depot, what is durable past its consumed offset,
-    // within the per-partition record and byte caps.
-    let partitions = state.topology.partitions() as usize;
-    let mut input = BatchInput {
-        batch_id: progress.record.batch_id + 1,
-        partitions: vec![PartitionInput::default(); partitions],
-    };
-    let mut consumed = progress.consumed.clone();
-    let mut records_total = 0u64;
-    for (partition, part_input) in input.partitions.iter_mut().enumerate() {
-        let mut records_left = shared.options.batch_records_max.max(1);
-        let mut bytes_left = shared.options.batch_bytes_max.max(1);
-        for (i, depot) in state.inputs.iter().enumerate() {
-            let from = consumed[i][partition];
-            let head = depot.heads[partition].load(Ordering::Acquire);
-            let available = head.saturating_sub(from) as usize;
-            let slice = if available == 0 || records_left == 0 || bytes_left == 0 {
-                Vec::new()
-            } else {
-                shared.store.read(
-                    depot.id,
-                    partition as u32,
-                    from,
-                    available.min(records_left),
-                    bytes_left,
-                )?
-            };
-            let bytes: usize = slice.iter().map(|(_, b)| b.len()).sum();
-            records_left -= slice.len();
-            bytes_left = bytes_left.saturating_sub(bytes);
-            consumed[i][partition] += slice.len() as u64;
-            records_total += slice.len() as u64;
-            part_input.slices.push(slice);
-        }
-    }
-    if records_total == 0 {
+    let Some((input, consumed)) = plan_batch(shared, state, &progress)? else {
         return Ok(None);
-    }
+    };
     let batch_id = input.batch_id;
     let span = tracing::debug_span!("batch", topology = name, batch_id);
     let _entered = span.enter();

@@ -5,7 +5,8 @@
 use std::path::Path;
 
 use lockstep_core::store::{
-    BatchCommit, CommitRecord, CommitStore, DepotEntry, DepotLog, Entry, StateRead, StoreError,
+    BatchCommit, CommitRecord, CommitStore, DepotEntry, DepotLog, DepotRecord, Entry, StateRead,
+    StoreError,
 };
 use lockstep_core::{decode_envelope, encode_envelope};
 use rocksdb::{
@@ -156,11 +157,15 @@ impl DepotLog for RocksStore {
     fn append(&self, entries: &[DepotEntry<'_>]) -> Result<(), StoreError> {
         let cf = self.cf(CF_DEPOT)?;
         let mut batch = WriteBatch::default();
+        let mut value = Vec::new();
         for entry in entries {
+            value.clear();
+            value.extend_from_slice(&entry.seq.to_be_bytes());
+            value.extend_from_slice(entry.bytes);
             batch.put_cf(
                 cf,
                 depot_key(entry.depot_id, entry.partition, entry.offset),
-                entry.bytes,
+                &value,
             );
         }
         self.db
@@ -175,7 +180,7 @@ impl DepotLog for RocksStore {
         from_offset: u64,
         records_max: usize,
         bytes_max: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<DepotRecord>, StoreError> {
         let cf = self.cf(CF_DEPOT)?;
         let mut read_options = ReadOptions::default();
         read_options.set_iterate_upper_bound(depot_key(depot_id, partition, u64::MAX).to_vec());
@@ -195,8 +200,13 @@ impl DepotLog for RocksStore {
                     "depot {depot_id} partition {partition}: expected offset {expected}, found {offset}"
                 )));
             }
-            bytes += value.len();
-            out.push((offset, value.to_vec()));
+            let (seq, envelope) = split_depot_value(value, depot_id, partition, offset)?;
+            bytes += envelope.len();
+            out.push(DepotRecord {
+                offset,
+                seq,
+                bytes: envelope.to_vec(),
+            });
             expected += 1;
             iter.next();
         }
@@ -217,6 +227,67 @@ impl DepotLog for RocksStore {
         iter.status().map_err(io("depot scan"))?;
         Ok(next)
     }
+
+    fn max_seq(&self) -> Result<Option<u64>, StoreError> {
+        // The last entry of each (depot, partition) holds its largest seq; skip from one
+        // partition's range to the next with one seek each.
+        let cf = self.cf(CF_DEPOT)?;
+        let mut iter = self.db.raw_iterator_cf(cf);
+        let mut max = None;
+        iter.seek_to_first();
+        while let Some(key) = iter.key() {
+            if key.len() != DEPOT_KEY_BYTES {
+                return Err(StoreError::Corruption(format!(
+                    "malformed depot key {key:02x?}"
+                )));
+            }
+            let mut prefix = [0u8; 8];
+            prefix.copy_from_slice(&key[..8]);
+            let mut last_key = prefix.to_vec();
+            last_key.extend_from_slice(&u64::MAX.to_be_bytes());
+            iter.seek_for_prev(&last_key);
+            let (Some(key), Some(value)) = (iter.key(), iter.value()) else {
+                break;
+            };
+            let (depot_id, partition) = split_prefix(prefix);
+            let offset = parse_depot_offset(key, depot_id, partition)?;
+            let (seq, _) = split_depot_value(value, depot_id, partition, offset)?;
+            max = max.max(Some(seq));
+            // The next partition's range starts right after this one's prefix.
+            match u64::from_be_bytes(prefix).checked_add(1) {
+                Some(next) => iter.seek(next.to_be_bytes()),
+                None => break,
+            }
+        }
+        iter.status().map_err(io("depot scan"))?;
+        Ok(max)
+    }
+}
+
+fn split_prefix(prefix: [u8; 8]) -> (u32, u32) {
+    let mut depot = [0u8; 4];
+    let mut partition = [0u8; 4];
+    depot.copy_from_slice(&prefix[..4]);
+    partition.copy_from_slice(&prefix[4..]);
+    (u32::from_be_bytes(depot), u32::from_be_bytes(partition))
+}
+
+/// A depot value is `[seq: u64 BE][envelope]`.
+fn split_depot_value(
+    value: &[u8],
+    depot_id: u32,
+    partition: u32,
+    offset: u64,
+) -> Result<(u64, &[u8]), StoreError> {
+    let (seq, envelope) = value.split_at_checked(8).ok_or_else(|| {
+        StoreError::Corruption(format!(
+            "depot {depot_id} partition {partition} offset {offset}: value of {} bytes",
+            value.len()
+        ))
+    })?;
+    let mut seq_bytes = [0u8; 8];
+    seq_bytes.copy_from_slice(seq);
+    Ok((u64::from_be_bytes(seq_bytes), envelope))
 }
 
 fn parse_depot_offset(key: &[u8], depot_id: u32, partition: u32) -> Result<u64, StoreError> {

@@ -5,7 +5,9 @@
 //! Every command that touches both sides of a link does so in one batch, with messages between
 //! the partitions, and the topology uses [`Delivery::Serializable`]: each command, with all its
 //! hops, completes before the next starts, so a batch equals applying its commands one at a time
-//! in batch order (see [`lockstep_core::exec`]). [`model::Model`] is that sequential definition,
+//! in append order (see [`lockstep_core::exec`]). Append order is the order the engine made the
+//! appends durable: a client that appends a parent and then (in the same call, or after the
+//! first call returned) its child always gets the parent applied first. [`model::Model`] is that sequential definition,
 //! and [`invariants::check`] lists every broken link in a snapshot.
 //!
 //! ## Commands and their hops

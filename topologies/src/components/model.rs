@@ -1,5 +1,5 @@
 //! The sequential reference model: the component commands applied one at a time, in memory.
-//! The topology must match it exactly when fed the same commands in batch order.
+//! The topology must match it exactly when fed the same commands in append order.
 
 use std::collections::{BTreeMap, BTreeSet};
 

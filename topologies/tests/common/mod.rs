@@ -18,8 +18,8 @@ pub struct Harness {
     pub model: Model,
     pub options: EngineOptions,
     pub partitions: u32,
-    /// Acknowledged, not yet consumed commands per partition, in offset order.
-    pub pending: Vec<VecDeque<(RecordId, Command)>>,
+    /// Acknowledged, not yet consumed commands, in append order.
+    pub pending: VecDeque<(RecordId, Command)>,
     /// Expected outcome of every consumed command.
     pub outcomes: Vec<(RecordId, Outcome)>,
 }
@@ -35,7 +35,7 @@ impl Harness {
             model: Model::new(),
             options,
             partitions,
-            pending: vec![VecDeque::new(); partitions as usize],
+            pending: VecDeque::new(),
             outcomes: Vec::new(),
         };
         harness.reopen(dir);
@@ -64,27 +64,30 @@ impl Harness {
             .append_many(&self.handles.commands, commands)
             .expect("append");
         for (id, command) in ids.iter().zip(commands) {
-            self.pending[id.partition as usize].push_back((*id, command.clone()));
+            self.pending.push_back((*id, command.clone()));
         }
         ids
     }
 
-    /// Applies the next batch to the model exactly as the engine forms it: each partition's
-    /// pending commands up to the cap, partitions in order.
+    /// Applies the next batch to the model exactly as the engine forms it: the longest prefix of
+    /// the pending commands, in append order, in which no partition exceeds the cap; applied
+    /// one at a time in that order.
     pub fn model_batch(&mut self) -> bool {
         let cap = self.options.batch_records_max;
-        let mut any = false;
-        for partition in 0..self.pending.len() {
-            for _ in 0..cap {
-                let Some((id, command)) = self.pending[partition].pop_front() else {
-                    break;
-                };
-                any = true;
-                let outcome = self.model.apply(&command);
-                self.outcomes.push((id, outcome));
+        let mut per_partition = vec![0usize; self.partitions as usize];
+        let mut take = 0;
+        for (id, _) in &self.pending {
+            if per_partition[id.partition as usize] >= cap {
+                break;
             }
+            per_partition[id.partition as usize] += 1;
+            take += 1;
         }
-        any
+        for (id, command) in self.pending.drain(..take).collect::<Vec<_>>() {
+            let outcome = self.model.apply(&command);
+            self.outcomes.push((id, outcome));
+        }
+        take > 0
     }
 
     /// Runs one batch on both; false when neither had anything to do.

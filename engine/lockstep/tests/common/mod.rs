@@ -121,8 +121,8 @@ pub struct Model {
     /// Serializable delivery: each record's message is handled before the next record.
     pub serializable: bool,
     pub state: LedgerState,
-    /// Durable but not yet consumed records, per partition, in offset order.
-    pub pending: Vec<Vec<(u64, Op)>>,
+    /// Durable but not yet consumed records in append order: (partition, offset, op).
+    pub pending: std::collections::VecDeque<(u32, u64, Op)>,
     pub next_offset: Vec<u64>,
     pub outcomes: BTreeMap<(u32, u64), (u64, i64)>,
 }
@@ -137,7 +137,7 @@ impl Model {
             partitions,
             serializable: delivery == Delivery::Serializable,
             state: LedgerState::default(),
-            pending: vec![Vec::new(); partitions as usize],
+            pending: std::collections::VecDeque::new(),
             next_offset: vec![0; partitions as usize],
             outcomes: BTreeMap::new(),
         }
@@ -152,46 +152,61 @@ impl Model {
         let p = self.partition(op.key);
         let offset = self.next_offset[p as usize];
         self.next_offset[p as usize] += 1;
-        self.pending[p as usize].push((offset, op));
+        self.pending.push_back((p, offset, op));
         (p, offset)
     }
 
-    /// Applies one batch taking at most `records_max` records per partition; false if there was
-    /// nothing to do.
+    /// Applies one batch: the longest prefix of the pending records, in append order, in which
+    /// no partition has more than `records_max`; false if there was nothing to do.
     pub fn run_batch(&mut self, records_max: usize) -> bool {
-        if self.pending.iter().all(Vec::is_empty) {
+        let mut per_partition = vec![0usize; self.partitions as usize];
+        let mut take = 0;
+        for (p, _, _) in &self.pending {
+            if per_partition[*p as usize] >= records_max {
+                break;
+            }
+            per_partition[*p as usize] += 1;
+            take += 1;
+        }
+        if take == 0 {
             return false;
         }
+        let batch: Vec<(u32, u64, Op)> = self.pending.drain(..take).collect();
         let batch_id = self.state.batch_id + 1;
-        // Round 0, partition by partition; collect messages in (partition, send) order.
-        let mut messages: Vec<Vec<Mirror>> = vec![Vec::new(); self.partitions as usize];
-        for p in 0..self.partitions as usize {
-            let take = self.pending[p].len().min(records_max);
-            let slice: Vec<(u64, Op)> = self.pending[p].drain(..take).collect();
-            for (offset, op) in slice {
-                let total = self.state.totals.get(&op.key).copied().unwrap_or(0) + op.amount;
-                self.state.totals.insert(op.key, total);
-                self.outcomes.insert((p as u32, offset), (batch_id, total));
-                let message = Mirror {
-                    to: op.mirror,
-                    from: op.key,
-                    amount: op.amount,
-                };
-                if self.serializable {
-                    // Batch order, one record at a time: its message lands before the next.
-                    messages[0].push(message);
-                    self.deliver(std::mem::take(&mut messages[0]));
-                } else {
-                    messages[self.partition(op.mirror) as usize].push(message);
+        if self.serializable {
+            // One record at a time in append order, its message delivered before the next.
+            for (p, offset, op) in batch {
+                let message = self.apply_record(batch_id, p, offset, op);
+                self.deliver(vec![message]);
+            }
+        } else {
+            // Round 0 partition by partition; inboxes fill in (sending partition, send order).
+            let mut inboxes: Vec<Vec<Mirror>> = vec![Vec::new(); self.partitions as usize];
+            for partition in 0..self.partitions {
+                for (p, offset, op) in &batch {
+                    if *p == partition {
+                        let message = self.apply_record(batch_id, *p, *offset, *op);
+                        inboxes[self.partition(op.mirror) as usize].push(message);
+                    }
                 }
             }
-        }
-        // `messages[to]` was filled in sender order already (senders iterated ascending).
-        for inbox in messages {
-            self.deliver(inbox);
+            for inbox in inboxes {
+                self.deliver(inbox);
+            }
         }
         self.state.batch_id = batch_id;
         true
+    }
+
+    fn apply_record(&mut self, batch_id: u64, partition: u32, offset: u64, op: Op) -> Mirror {
+        let total = self.state.totals.get(&op.key).copied().unwrap_or(0) + op.amount;
+        self.state.totals.insert(op.key, total);
+        self.outcomes.insert((partition, offset), (batch_id, total));
+        Mirror {
+            to: op.mirror,
+            from: op.key,
+            amount: op.amount,
+        }
     }
 
     fn deliver(&mut self, inbox: Vec<Mirror>) {
