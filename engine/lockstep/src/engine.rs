@@ -192,11 +192,13 @@ pub(crate) struct DepotState {
     heads: Vec<AtomicU64>,
 }
 
+/// `consumed[input][partition]`: the first offset not yet committed.
+type Consumed = Vec<Vec<u64>>;
+
 #[derive(Debug, Clone)]
 pub(crate) struct Progress {
     pub(crate) record: CommitRecord,
-    /// `consumed[input][partition]`: first offset not yet committed.
-    consumed: Vec<Vec<u64>>,
+    consumed: Consumed,
     stopped: Option<String>,
 }
 
@@ -922,7 +924,7 @@ fn plan_batch(
     shared: &Shared,
     state: &TopologyState,
     progress: &Progress,
-) -> Result<Option<(BatchInput, Vec<Vec<u64>>)>, Error> {
+) -> Result<Option<(BatchInput, Consumed)>, Error> {
     // Load the watermark before the heads: every head of a group below it is then visible.
     let durable_seq = shared.durable_seq.load(Ordering::Acquire);
     let records_max = shared.options.batch_records_max.max(1);
