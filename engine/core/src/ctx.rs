@@ -307,6 +307,25 @@ impl<M> Ctx<'_, M> {
         decode_map_entries(&entries)
     }
 
+    /// Up to `limit` entries of this partition whose keys start with the tuple elements
+    /// `prefix` (e.g. `&("tenant-1",)` or `&"tenant-1"` for `(String, u64)` keys), ascending.
+    pub fn prefix<K, V, P>(
+        &self,
+        pstate: &PState<K, V>,
+        prefix: &P,
+        limit: usize,
+    ) -> Result<Vec<(K, V)>, HandlerError>
+    where
+        K: DeserializeOwned,
+        V: DeserializeOwned,
+        P: Serialize + ?Sized,
+    {
+        let id = self.pstate_id(pstate.spec())?;
+        let (start, end) = prefix_key_range(id, self.partition, prefix)?;
+        let entries = self.view.scan(&start, &end, limit)?;
+        decode_map_entries(&entries)
+    }
+
     /// Adds `element` to the set under `key`; `true` if it was not there. Writes one entry
     /// whatever the size of the set.
     pub fn set_insert<K, E>(
@@ -489,6 +508,21 @@ pub fn key_range<K: Serialize>(
         }
     };
     Ok((start, end))
+}
+
+/// `[start, end)` of the entries of one partition whose keys start with `prefix`'s encoding.
+/// The key codec concatenates tuple elements, so a prefix of a tuple key's elements is a byte
+/// prefix of its encoding.
+pub fn prefix_key_range<P: Serialize + ?Sized>(
+    pstate_id: u32,
+    partition: u32,
+    prefix: &P,
+) -> Result<(Vec<u8>, Vec<u8>), KeyCodecError> {
+    Ok(prefix_range(&entry_key(
+        pstate_id,
+        partition,
+        &encode_key(prefix)?,
+    )))
 }
 
 /// `[start, end)` of the elements of one set, starting after `after`.

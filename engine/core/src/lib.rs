@@ -20,8 +20,8 @@ mod topology;
 
 pub use codec::{decode_envelope, encode_envelope, CodecError};
 pub use ctx::{
-    decode_map_entries, decode_set_elements, decode_set_entry, key_range, outcome_key, set_range,
-    Ctx, HandlerError, VALUE_BYTES_MAX,
+    decode_map_entries, decode_set_elements, decode_set_entry, key_range, outcome_key,
+    prefix_key_range, set_range, Ctx, HandlerError, VALUE_BYTES_MAX,
 };
 pub use exec::Delivery;
 pub use hash::{partition_for_key, partition_for_key_bytes};

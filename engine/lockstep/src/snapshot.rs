@@ -8,7 +8,7 @@ use lockstep_core::{
     decode_envelope, decode_map_entries, decode_set_elements, decode_set_entry, encode_key,
     key_range,
     layout::{entry_key, partition_prefix, prefix_range, PARTITION_PREFIX_BYTES},
-    outcome_key, set_range, PState, RecordId, SetPState,
+    outcome_key, prefix_key_range, set_range, PState, RecordId, SetPState,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -91,6 +91,30 @@ impl<'e> Snapshot<'e> {
         }
         // Encoded keys sort as the keys do, so sorting past the partition prefix merges the
         // partitions in key order.
+        merged.sort_by(|a, b| a.0[PARTITION_PREFIX_BYTES..].cmp(&b.0[PARTITION_PREFIX_BYTES..]));
+        merged.truncate(limit);
+        Ok(decode_map_entries(&merged)?)
+    }
+
+    /// Up to `limit` entries across all partitions whose keys start with the tuple elements
+    /// `prefix`, in key order.
+    pub fn prefix<K, V, P>(
+        &self,
+        pstate: &PState<K, V>,
+        prefix: &P,
+        limit: usize,
+    ) -> Result<Vec<(K, V)>, Error>
+    where
+        K: DeserializeOwned,
+        V: DeserializeOwned,
+        P: Serialize + ?Sized,
+    {
+        let id = self.shared.pstate_id(pstate.spec())?;
+        let mut merged = Vec::new();
+        for partition in 0..pstate.spec().partitions {
+            let (start, end) = prefix_key_range(id, partition, prefix)?;
+            merged.extend(self.state.scan(&start, &end, limit)?);
+        }
         merged.sort_by(|a, b| a.0[PARTITION_PREFIX_BYTES..].cmp(&b.0[PARTITION_PREFIX_BYTES..]));
         merged.truncate(limit);
         Ok(decode_map_entries(&merged)?)
