@@ -167,3 +167,14 @@ pub(crate) fn resolve(
     }
     Ok(catalog)
 }
+
+/// The partition count the directory's catalog holds for a depot, if it has one.
+pub(crate) fn stored_depot_partitions(
+    store: &RocksStore,
+    depot: &str,
+) -> Result<Option<u32>, Error> {
+    let key = format!("catalog/depot/{depot}").into_bytes();
+    Ok(store
+        .meta_get::<CatalogEntry>(&key)?
+        .map(|entry| entry.partitions))
+}

@@ -382,6 +382,25 @@ impl Engine {
         }
     }
 
+    /// The partition count an existing data directory recorded for `depot` (`None` if the
+    /// directory never held it), so tools can open a directory without being told its layout.
+    /// Opens and closes the directory; fails if another process has it open.
+    pub fn stored_depot_partitions(
+        path: impl AsRef<Path>,
+        depot: &str,
+    ) -> Result<Option<u32>, Error> {
+        let path = path.as_ref();
+        if !path.join("CURRENT").exists() {
+            return Err(StoreError::Io {
+                op: "open",
+                message: format!("{} is not a Lockstep data directory", path.display()),
+            }
+            .into());
+        }
+        let store = RocksStore::open(path)?;
+        catalog::stored_depot_partitions(&store, depot)
+    }
+
     fn open(builder: EngineBuilder) -> Result<Self, Error> {
         validate_declarations(&builder)?;
         std::fs::create_dir_all(&builder.path).map_err(|e| StoreError::Io {

@@ -25,6 +25,7 @@ pub mod invariants;
 pub mod model;
 #[cfg(feature = "engine")]
 mod read;
+pub mod workload;
 
 use std::collections::BTreeMap;
 
