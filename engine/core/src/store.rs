@@ -16,6 +16,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::topology::RecordId;
+
 /// A laid-out key and its stored value.
 pub type Entry = (Vec<u8>, Vec<u8>);
 
@@ -78,12 +80,26 @@ pub struct DepotRecord {
     pub bytes: Vec<u8>,
 }
 
+/// What the log remembers of an idempotent producer: the last append call it accepted from it
+/// (producers number their calls) and the positions that call got.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerState {
+    /// The producer's id.
+    pub producer: u64,
+    /// Its last accepted call.
+    pub sequence: u64,
+    /// What that call's records were assigned.
+    pub ids: Vec<RecordId>,
+}
+
 /// The depot log.
 ///
 /// Contract:
-/// - `append` writes all entries of one call atomically and durably: when it returns `Ok`, every
-///   entry survives a crash or power loss; when it returns `Err`, any subset may have survived
-///   (the caller must not acknowledge any of them and must stop writing: poison).
+/// - `append` writes all entries of one call, and the producer states given with them,
+///   atomically and durably: when it returns `Ok`, every entry survives a crash or power loss;
+///   when it returns `Err`, any subset may have survived (the caller must not acknowledge any of
+///   them and must stop writing: poison). `load_producers` returns the latest state written
+///   for each producer.
 /// - Offsets within a partition are dense and increasing; the caller assigns them and never
 ///   reuses one. The log does not reorder. Each entry keeps the global sequence number the
 ///   caller gave it (strictly increasing in append order across the whole log).
@@ -94,8 +110,14 @@ pub struct DepotRecord {
 ///   `max_seq` the largest sequence number of any durable entry of any depot; both are only
 ///   called while no append is in flight (at open).
 pub trait DepotLog: Send + Sync {
-    /// Durably appends `entries` as one atomic group.
-    fn append(&self, entries: &[DepotEntry<'_>]) -> Result<(), StoreError>;
+    /// Durably appends `entries`, with `producers`' new states, as one atomic group.
+    fn append(
+        &self,
+        entries: &[DepotEntry<'_>],
+        producers: &[ProducerState],
+    ) -> Result<(), StoreError>;
+    /// Every producer's last written state.
+    fn load_producers(&self) -> Result<Vec<ProducerState>, StoreError>;
     /// Reads a partition from `from_offset`.
     fn read(
         &self,

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use lockstep_core::exec::{BatchInput, InputRecord, ResolvedIds};
 use lockstep_core::store::{
-    BatchCommit, CommitRecord, CommitStore, ConsumedOffset, DepotEntry, DepotLog, Entry, StoreError,
+    BatchCommit, CommitRecord, CommitStore, ConsumedOffset, DepotEntry, DepotLog, Entry,
+    ProducerState, StoreError,
 };
 use lockstep_core::{
     decode_envelope, Depot, DepotSpec, PStateSpec, RecordId, SchemaError, Topology,
@@ -273,6 +274,8 @@ impl Shared {
 struct AppendRequest {
     depot: Arc<DepotState>,
     records: Vec<(u32, Vec<u8>)>,
+    /// `(producer, sequence)` for idempotent appends.
+    producer: Option<(u64, u64)>,
     reply: tokio::sync::oneshot::Sender<Result<Vec<RecordId>, Error>>,
 }
 
@@ -494,9 +497,15 @@ impl Engine {
         let (append_tx, append_rx) =
             crossbeam_channel::bounded(shared.options.append_queue_max.max(1));
         let mut threads = Vec::new();
+        let producers = shared
+            .store
+            .load_producers()?
+            .into_iter()
+            .map(|state| (state.producer, (state.sequence, state.ids)))
+            .collect();
         let appender_shared = shared.clone();
         threads.push(spawn("lockstep-appender", move || {
-            run_appender(&appender_shared, &append_rx)
+            run_appender(&appender_shared, &append_rx, producers)
         })?);
         if shared.options.batch_driving == BatchDriving::Automatic {
             for (name, topology) in &shared.topologies {
@@ -531,7 +540,30 @@ impl Engine {
     where
         T: Serialize + serde::de::DeserializeOwned + Send + 'static,
     {
-        let receiver = self.submit(depot, records)?;
+        let receiver = self.submit(depot, records, None)?;
+        receiver.blocking_recv().map_err(|_| Error::Closed)?
+    }
+
+    /// Appends records idempotently for `producer`, which numbers its calls (`sequence`) and
+    /// makes one call at a time. The engine keeps, durably and atomically with the records,
+    /// each producer's last accepted call and the positions it got: a retry of that call (same
+    /// `sequence`, after a lost reply, a timeout or a restart) returns those positions and
+    /// writes nothing, so the records are stored, and processed, once. An older `sequence` is
+    /// refused with [`Error::StaleSequence`]; a newer one is a new call.
+    ///
+    /// Producer ids must be unique among the engine's clients (a random `u64` per client
+    /// process is the usual choice).
+    pub fn append_many_idempotent<T>(
+        &self,
+        depot: &Depot<T>,
+        records: &[T],
+        producer: u64,
+        sequence: u64,
+    ) -> Result<Vec<RecordId>, Error>
+    where
+        T: Serialize + serde::de::DeserializeOwned + Send + 'static,
+    {
+        let receiver = self.submit(depot, records, Some((producer, sequence)))?;
         receiver.blocking_recv().map_err(|_| Error::Closed)?
     }
 
@@ -545,7 +577,7 @@ impl Engine {
     where
         T: Serialize + serde::de::DeserializeOwned + Send + 'static,
     {
-        let receiver = self.submit(depot, records)?;
+        let receiver = self.submit(depot, records, None)?;
         receiver.await.map_err(|_| Error::Closed)?
     }
 
@@ -553,6 +585,7 @@ impl Engine {
         &self,
         depot: &Depot<T>,
         records: &[T],
+        producer: Option<(u64, u64)>,
     ) -> Result<tokio::sync::oneshot::Receiver<Result<Vec<RecordId>, Error>>, Error>
     where
         T: Serialize + serde::de::DeserializeOwned + Send + 'static,
@@ -569,6 +602,7 @@ impl Engine {
         tx.send(AppendRequest {
             depot: state,
             records: encoded,
+            producer,
             reply,
         })
         .map_err(|_| Error::Closed)?;
@@ -809,7 +843,11 @@ fn recover_progress(
 
 // ---- the appender: group commit of depot records ----
 
-fn run_appender(shared: &Shared, requests: &Receiver<AppendRequest>) {
+fn run_appender(
+    shared: &Shared,
+    requests: &Receiver<AppendRequest>,
+    mut producers: BTreeMap<u64, (u64, Vec<RecordId>)>,
+) {
     let mut next_seq = shared.durable_seq.load(Ordering::Acquire);
     let mut next_offsets: BTreeMap<u32, Vec<u64>> = shared
         .depots
@@ -836,50 +874,106 @@ fn run_appender(shared: &Shared, requests: &Receiver<AppendRequest>) {
             reply_all(group, &e);
             continue;
         }
-        let mut ids: Vec<Vec<RecordId>> = Vec::with_capacity(group.len());
-        let mut entries = Vec::new();
+        // Decide each request: a retry gets its first call's positions (once this group is
+        // durable, in case that call is in it), a stale one an error, the rest new positions.
+        let mut accepted: Vec<(AppendRequest, Vec<(RecordId, u64)>)> = Vec::new();
+        let mut retries = Vec::new();
+        let mut marks = Vec::new();
         let mut touched = BTreeMap::new();
-        for request in &group {
+        for request in group {
+            if let Some((producer, sequence)) = request.producer {
+                if let Some((last, ids)) = producers.get(&producer) {
+                    if sequence == *last {
+                        retries.push((request.reply, ids.clone()));
+                        continue;
+                    }
+                    if sequence < *last {
+                        let _ = request.reply.send(Err(Error::StaleSequence {
+                            producer,
+                            sequence,
+                            last: *last,
+                        }));
+                        continue;
+                    }
+                }
+            }
             let depot_id = request.depot.id;
             let offsets = next_offsets.entry(depot_id).or_default();
-            let mut request_ids = Vec::with_capacity(request.records.len());
-            for (partition, bytes) in &request.records {
+            let mut positions = Vec::with_capacity(request.records.len());
+            for (partition, _) in &request.records {
                 let slot = &mut offsets[*partition as usize];
-                entries.push(DepotEntry {
-                    depot_id,
-                    partition: *partition,
-                    offset: *slot,
-                    seq: next_seq,
-                    bytes,
-                });
+                positions.push((
+                    RecordId {
+                        depot_id,
+                        partition: *partition,
+                        offset: *slot,
+                    },
+                    next_seq,
+                ));
                 next_seq += 1;
-                request_ids.push(RecordId {
-                    depot_id,
-                    partition: *partition,
-                    offset: *slot,
-                });
                 *slot += 1;
                 touched.insert((depot_id, *partition), (request.depot.clone(), *slot));
             }
-            ids.push(request_ids);
+            if let Some((producer, sequence)) = request.producer {
+                let ids: Vec<RecordId> = positions.iter().map(|(id, _)| *id).collect();
+                producers.insert(producer, (sequence, ids.clone()));
+                marks.push(ProducerState {
+                    producer,
+                    sequence,
+                    ids,
+                });
+            }
+            accepted.push((request, positions));
         }
-        match write_group(shared, &entries) {
+        let entries: Vec<DepotEntry<'_>> = accepted
+            .iter()
+            .flat_map(|(request, positions)| {
+                request
+                    .records
+                    .iter()
+                    .zip(positions)
+                    .map(|((_, bytes), (id, seq))| DepotEntry {
+                        depot_id: id.depot_id,
+                        partition: id.partition,
+                        offset: id.offset,
+                        seq: *seq,
+                        bytes,
+                    })
+            })
+            .collect();
+        let written = if entries.is_empty() && marks.is_empty() {
+            Ok(())
+        } else {
+            write_group(shared, &entries, &marks)
+        };
+        drop(entries);
+        match written {
             Ok(()) => {
                 for ((_, partition), (depot, next)) in touched {
                     depot.heads[partition as usize].store(next, Ordering::Release);
                 }
                 shared.durable_seq.store(next_seq, Ordering::Release);
                 shared.input.bump();
-                for (request, request_ids) in group.into_iter().zip(ids) {
-                    let _ = request.reply.send(Ok(request_ids));
+                for (request, positions) in accepted {
+                    let ids = positions.into_iter().map(|(id, _)| id).collect();
+                    let _ = request.reply.send(Ok(ids));
+                }
+                for (reply, ids) in retries {
+                    let _ = reply.send(Ok(ids));
                 }
             }
             Err(e) => {
-                shared.poison.set(format!("depot append failed: {e}"));
-                let error = Error::Poisoned {
-                    reason: format!("depot append failed: {e}"),
-                };
-                reply_all(group, &error);
+                let reason = format!("depot append failed: {e}");
+                shared.poison.set(reason.clone());
+                let replies = accepted
+                    .into_iter()
+                    .map(|(request, _)| request.reply)
+                    .chain(retries.into_iter().map(|(reply, _)| reply));
+                for reply in replies {
+                    let _ = reply.send(Err(Error::Poisoned {
+                        reason: reason.clone(),
+                    }));
+                }
                 // Wake drivers and waiters so they see the poison.
                 shared.input.bump();
             }
@@ -887,11 +981,15 @@ fn run_appender(shared: &Shared, requests: &Receiver<AppendRequest>) {
     }
 }
 
-fn write_group(shared: &Shared, entries: &[DepotEntry<'_>]) -> Result<(), StoreError> {
+fn write_group(
+    shared: &Shared,
+    entries: &[DepotEntry<'_>],
+    producers: &[ProducerState],
+) -> Result<(), StoreError> {
     fail::fail_point!(failpoints::APPEND_BEFORE_WRITE, |_| Err(
         StoreError::Injected(failpoints::APPEND_BEFORE_WRITE)
     ));
-    shared.store.append(entries)?;
+    shared.store.append(entries, producers)?;
     fail::fail_point!(failpoints::APPEND_AFTER_WRITE, |_| Err(
         StoreError::Injected(failpoints::APPEND_AFTER_WRITE)
     ));

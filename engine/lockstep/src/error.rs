@@ -101,6 +101,19 @@ pub enum Error {
         /// The failure that stopped it.
         reason: String,
     },
+    /// An idempotent append older than the producer's last accepted one: nothing was written.
+    /// (A retry of the last one is not an error: it returns the first call's positions.)
+    #[error(
+        "producer {producer}: append {sequence} is older than its last accepted append {last}"
+    )]
+    StaleSequence {
+        /// The producer.
+        producer: u64,
+        /// The refused call's number.
+        sequence: u64,
+        /// The last accepted call's number.
+        last: u64,
+    },
     /// `run_batch` in automatic mode, where the engine runs batches itself.
     #[error("run_batch needs BatchDriving::Manual; this engine runs batches itself")]
     NotManual,

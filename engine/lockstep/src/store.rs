@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use lockstep_core::store::{
-    BatchCommit, CommitRecord, CommitStore, DepotEntry, DepotLog, DepotRecord, Entry, StateRead,
-    StoreError,
+    BatchCommit, CommitRecord, CommitStore, DepotEntry, DepotLog, DepotRecord, Entry,
+    ProducerState, StateRead, StoreError,
 };
 use lockstep_core::{decode_envelope, encode_envelope};
 use rocksdb::{
@@ -28,6 +28,14 @@ pub(crate) fn depot_key(depot_id: u32, partition: u32, offset: u64) -> [u8; DEPO
     key[..4].copy_from_slice(&depot_id.to_be_bytes());
     key[4..8].copy_from_slice(&partition.to_be_bytes());
     key[8..].copy_from_slice(&offset.to_be_bytes());
+    key
+}
+
+const PRODUCER_PREFIX: &[u8] = b"producer/";
+
+fn producer_key(producer: u64) -> Vec<u8> {
+    let mut key = PRODUCER_PREFIX.to_vec();
+    key.extend_from_slice(&producer.to_be_bytes());
     key
 }
 
@@ -154,9 +162,23 @@ fn synced() -> WriteOptions {
 }
 
 impl DepotLog for RocksStore {
-    fn append(&self, entries: &[DepotEntry<'_>]) -> Result<(), StoreError> {
+    fn append(
+        &self,
+        entries: &[DepotEntry<'_>],
+        producers: &[ProducerState],
+    ) -> Result<(), StoreError> {
         let cf = self.cf(CF_DEPOT)?;
         let mut batch = WriteBatch::default();
+        if !producers.is_empty() {
+            let meta = self.cf(CF_META)?;
+            for state in producers {
+                batch.put_cf(
+                    meta,
+                    producer_key(state.producer),
+                    Self::encode_meta(state)?,
+                );
+            }
+        }
         let mut value = Vec::new();
         for entry in entries {
             value.clear();
@@ -226,6 +248,28 @@ impl DepotLog for RocksStore {
         };
         iter.status().map_err(io("depot scan"))?;
         Ok(next)
+    }
+
+    fn load_producers(&self) -> Result<Vec<ProducerState>, StoreError> {
+        let cf = self.cf(CF_META)?;
+        let mut read_options = ReadOptions::default();
+        if let Some(end) = lockstep_core::layout::prefix_successor(PRODUCER_PREFIX) {
+            read_options.set_iterate_upper_bound(end);
+        }
+        let iter = self.db.iterator_cf_opt(
+            cf,
+            read_options,
+            IteratorMode::From(PRODUCER_PREFIX, Direction::Forward),
+        );
+        let mut states = Vec::new();
+        for entry in iter {
+            let (_, value) = entry.map_err(io("producer scan"))?;
+            states.push(
+                decode_envelope(&value)
+                    .map_err(|e| StoreError::Corruption(format!("producer state: {e}")))?,
+            );
+        }
+        Ok(states)
     }
 
     fn max_seq(&self) -> Result<Option<u64>, StoreError> {
