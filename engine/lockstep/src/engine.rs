@@ -184,13 +184,26 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-#[derive(Debug)]
+/// Decodes an encoded record as the depot's type and picks its partition: how records that
+/// arrive already encoded (over the network) are checked before they are accepted.
+type RouteEncoded = Arc<dyn Fn(&[u8]) -> Result<u32, Error> + Send + Sync>;
+
 pub(crate) struct DepotState {
     pub(crate) spec: Arc<DepotSpec>,
     pub(crate) id: u32,
+    route_encoded: RouteEncoded,
     /// One past the last acknowledged (durable) offset, per partition. Written only by the
     /// appender, after the write is durable.
     heads: Vec<AtomicU64>,
+}
+
+impl std::fmt::Debug for DepotState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DepotState")
+            .field("spec", &self.spec)
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `consumed[input][partition]`: the first offset not yet committed.
@@ -279,13 +292,29 @@ struct AppendRequest {
     reply: tokio::sync::oneshot::Sender<Result<Vec<RecordId>, Error>>,
 }
 
+struct DeclaredDepot {
+    spec: Arc<DepotSpec>,
+    route_encoded: RouteEncoded,
+}
+
 /// Declares what an engine holds, then opens it.
-#[derive(Debug)]
 pub struct EngineBuilder {
     path: PathBuf,
     options: EngineOptions,
-    depots: Vec<Arc<DepotSpec>>,
+    depots: Vec<DeclaredDepot>,
     topologies: Vec<Topology>,
+}
+
+impl std::fmt::Debug for EngineBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineBuilder")
+            .field("path", &self.path)
+            .field(
+                "depots",
+                &self.depots.iter().map(|d| &d.spec.name).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 impl EngineBuilder {
@@ -296,8 +325,19 @@ impl EngineBuilder {
     }
 
     /// Declares a depot.
-    pub fn depot<T>(mut self, depot: &Depot<T>) -> Self {
-        self.depots.push(depot.spec().clone());
+    pub fn depot<T>(mut self, depot: &Depot<T>) -> Self
+    where
+        T: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let typed = depot.clone();
+        let route_encoded: RouteEncoded = Arc::new(move |bytes: &[u8]| {
+            let record: T = decode_envelope(bytes)?;
+            Ok(typed.partition_of(&record)?)
+        });
+        self.depots.push(DeclaredDepot {
+            spec: depot.spec().clone(),
+            route_encoded,
+        });
         self
     }
 
@@ -334,7 +374,7 @@ impl std::fmt::Debug for Engine {
 
 fn validate_declarations(builder: &EngineBuilder) -> Result<(), SchemaError> {
     let mut depot_names = BTreeMap::new();
-    for depot in &builder.depots {
+    for depot in builder.depots.iter().map(|d| &d.spec) {
         if depot_names.insert(depot.name.as_str(), depot).is_some() {
             return Err(SchemaError::Duplicate {
                 what: "depot",
@@ -411,13 +451,15 @@ impl Engine {
             message: e.to_string(),
         })?;
         let store = RocksStore::open(&builder.path)?;
-        let catalog = catalog::resolve(&store, &builder.depots, &builder.topologies)?;
+        let specs: Vec<Arc<DepotSpec>> = builder.depots.iter().map(|d| d.spec.clone()).collect();
+        let catalog = catalog::resolve(&store, &specs, &builder.topologies)?;
         fail::fail_point!(failpoints::RECOVERY_AFTER_CATALOG, |_| Err(Error::Store(
             StoreError::Injected(failpoints::RECOVERY_AFTER_CATALOG)
         )));
 
         let mut depots = BTreeMap::new();
-        for spec in &builder.depots {
+        for declared in builder.depots {
+            let spec = declared.spec;
             let id = catalog.depots[&spec.name];
             let mut heads = Vec::with_capacity(spec.partitions as usize);
             for partition in 0..spec.partitions {
@@ -428,6 +470,7 @@ impl Engine {
                 Arc::new(DepotState {
                     spec: spec.clone(),
                     id,
+                    route_encoded: declared.route_encoded,
                     heads,
                 }),
             );
@@ -597,16 +640,117 @@ impl Engine {
             let partition = depot.partition_of(record)?;
             encoded.push((partition, depot.encode(record)?));
         }
+        self.enqueue(state, encoded, producer)
+    }
+
+    fn enqueue(
+        &self,
+        depot: Arc<DepotState>,
+        records: Vec<(u32, Vec<u8>)>,
+        producer: Option<(u64, u64)>,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<Vec<RecordId>, Error>>, Error> {
         let (reply, receiver) = tokio::sync::oneshot::channel();
         let tx = self.append_tx.as_ref().ok_or(Error::Closed)?;
         tx.send(AppendRequest {
-            depot: state,
-            records: encoded,
+            depot,
+            records,
             producer,
             reply,
         })
         .map_err(|_| Error::Closed)?;
         Ok(receiver)
+    }
+
+    /// Appends records that arrive already encoded (the depot's envelopes, e.g. from the
+    /// network), optionally idempotently. Each record is checked before anything is written:
+    /// its size, its checksum, that it decodes as the depot's record type, and its partition
+    /// is chosen by the depot's own partitioner. Returns once the records are durable.
+    pub async fn append_encoded(
+        &self,
+        depot: &str,
+        envelopes: Vec<Vec<u8>>,
+        producer: Option<(u64, u64)>,
+    ) -> Result<Vec<RecordId>, Error> {
+        self.shared.poison.check()?;
+        let state = self
+            .shared
+            .depots
+            .get(depot)
+            .ok_or_else(|| Error::UnknownDepot(depot.to_string()))?
+            .clone();
+        let mut records = Vec::with_capacity(envelopes.len());
+        for bytes in envelopes {
+            if bytes.len() > state.spec.record_bytes_max {
+                return Err(Error::Record(lockstep_core::CodecError::TooLarge {
+                    bytes: bytes.len(),
+                    bytes_max: state.spec.record_bytes_max,
+                }));
+            }
+            let partition = (state.route_encoded)(&bytes)?;
+            records.push((partition, bytes));
+        }
+        let receiver = self.enqueue(state, records, producer)?;
+        receiver.await.map_err(|_| Error::Closed)?
+    }
+
+    /// The committed batch id if `topology` has processed `record`, without waiting.
+    pub fn processed(&self, topology: &str, record: RecordId) -> Result<Option<u64>, Error> {
+        let state = self.shared.topology(topology)?;
+        let input = state
+            .inputs
+            .iter()
+            .position(|d| d.id == record.depot_id)
+            .ok_or_else(|| Error::UnknownDepot(format!("id {}", record.depot_id)))?;
+        let progress = lock(&state.progress);
+        let consumed = progress
+            .consumed
+            .get(input)
+            .and_then(|partitions| partitions.get(record.partition as usize))
+            .copied()
+            .ok_or_else(|| Error::UnknownDepot(format!("partition {}", record.partition)))?;
+        if consumed > record.offset {
+            return Ok(Some(progress.record.batch_id));
+        }
+        if let Some(reason) = &progress.stopped {
+            return Err(Error::TopologyStopped {
+                topology: topology.to_string(),
+                reason: reason.clone(),
+            });
+        }
+        self.shared.poison.check()?;
+        Ok(None)
+    }
+
+    /// As [`wait_for`](Self::wait_for), for async callers.
+    pub async fn wait_for_async(
+        &self,
+        topology: &str,
+        record: RecordId,
+        timeout: Duration,
+    ) -> Result<u64, Error> {
+        let mut commits = self.subscribe(topology)?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(batch_id) = self.processed(topology, record)? {
+                return Ok(batch_id);
+            }
+            if self.shared.shutdown.load(Ordering::Acquire) {
+                return Err(Error::Closed);
+            }
+            match tokio::time::timeout_at(deadline, commits.changed()).await {
+                Ok(Ok(())) => {}
+                // The topology's sender lives as long as the engine: closed means shutting down.
+                Ok(Err(_)) => return Err(Error::Closed),
+                Err(_) => {
+                    return match self.processed(topology, record)? {
+                        Some(batch_id) => Ok(batch_id),
+                        None => Err(Error::Timeout {
+                            waited_ms: timeout.as_millis() as u64,
+                        }),
+                    }
+                }
+            }
+        }
     }
 
     /// Runs one batch of `topology` now; `None` if it had no new input.
@@ -773,6 +917,7 @@ impl Engine {
         self.shared.input.bump();
         for topology in self.shared.topologies.values() {
             topology.progress_changed.notify_all();
+            topology.commits.send_modify(|_| ());
         }
         for thread in self.threads.drain(..) {
             if thread.join().is_err() {
@@ -1028,6 +1173,7 @@ fn run_driver(shared: &Shared, topology: &TopologyState) {
                     .stopped
                     .get_or_insert_with(|| e.to_string());
                 topology.progress_changed.notify_all();
+                topology.commits.send_modify(|_| ());
                 return;
             }
         }
@@ -1139,6 +1285,7 @@ fn run_one_batch(shared: &Shared, state: &TopologyState) -> Result<Option<BatchS
             tracing::error!(topology = name, batch_id, error = %error, "batch failed; topology stopped");
             lock(&state.progress).stopped = Some(error.to_string());
             state.progress_changed.notify_all();
+            state.commits.send_modify(|_| ());
             return Err(error);
         }
     };
@@ -1171,6 +1318,7 @@ fn run_one_batch(shared: &Shared, state: &TopologyState) -> Result<Option<BatchS
         let reason = format!("batch {batch_id} of topology {name:?} failed to commit: {e}");
         shared.poison.set(reason.clone());
         state.progress_changed.notify_all();
+        state.commits.send_modify(|_| ());
         return Err(Error::Poisoned { reason });
     }
     let commit_latency_us = commit_started.elapsed().as_micros() as u64;
@@ -1181,6 +1329,7 @@ fn run_one_batch(shared: &Shared, state: &TopologyState) -> Result<Option<BatchS
         progress.consumed = consumed;
     }
     state.progress_changed.notify_all();
+    state.commits.send_modify(|_| ());
     state.commits.send_replace(batch_id);
     let summary = BatchSummary {
         batch_id,

@@ -207,6 +207,83 @@ impl<'e> Snapshot<'e> {
             .collect()
     }
 
+    fn pstate_by_name(&self, name: &str) -> Result<(u32, u32), Error> {
+        match self.shared.pstates.get(name) {
+            Some((Some(spec), id)) => Ok((*id, spec.partitions)),
+            _ => Err(Error::UnknownPState(name.to_string())),
+        }
+    }
+
+    /// The stored value envelope under an encoded key of the PState named `pstate` (for
+    /// callers that decode themselves, such as network clients).
+    pub fn raw_get(&self, pstate: &str, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        let (id, partitions) = self.pstate_by_name(pstate)?;
+        let partition = lockstep_core::partition_for_key_bytes(key, partitions);
+        Ok(self.state.get(&entry_key(id, partition, key))?)
+    }
+
+    /// Up to `limit` entries of the PState named `pstate` across all partitions, in key order,
+    /// after the encoded key `after` (exclusive): `(encoded key, stored value)`. For a set
+    /// PState the encoded key is the key's encoding followed by the element's.
+    pub fn raw_scan(
+        &self,
+        pstate: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<lockstep_core::store::Entry>, Error> {
+        let (id, partitions) = self.pstate_by_name(pstate)?;
+        let mut merged = Vec::new();
+        for partition in 0..partitions {
+            let (mut start, end) = prefix_range(&partition_prefix(id, partition));
+            if let Some(after) = after {
+                // The smallest key greater than `after`.
+                start = entry_key(id, partition, after);
+                start.push(0);
+            }
+            merged.extend(self.state.scan(&start, &end, limit)?);
+        }
+        merged.sort_by(|a, b| a.0[PARTITION_PREFIX_BYTES..].cmp(&b.0[PARTITION_PREFIX_BYTES..]));
+        merged.truncate(limit);
+        Ok(merged
+            .into_iter()
+            .map(|(mut key, value)| {
+                key.drain(..PARTITION_PREFIX_BYTES);
+                (key, value)
+            })
+            .collect())
+    }
+
+    /// Up to `limit` encoded elements of the set under the encoded key `key` of the set PState
+    /// named `pstate`, after the encoded element `after` (exclusive).
+    pub fn raw_set_members(
+        &self,
+        pstate: &str,
+        key: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>, Error> {
+        let (id, partitions) = self.pstate_by_name(pstate)?;
+        let partition = lockstep_core::partition_for_key_bytes(key, partitions);
+        let (mut start, end) = prefix_range(&entry_key(id, partition, key));
+        if let Some(after) = after {
+            start.extend_from_slice(after);
+            start.push(0);
+        }
+        let skip = PARTITION_PREFIX_BYTES + key.len();
+        Ok(self
+            .state
+            .scan(&start, &end, limit)?
+            .into_iter()
+            .map(|(entry, _)| entry[skip..].to_vec())
+            .collect())
+    }
+
+    /// The stored outcome envelope (`(batch id, outcome)`) `topology` recorded for `record`.
+    pub fn raw_outcome(&self, topology: &str, record: RecordId) -> Result<Option<Vec<u8>>, Error> {
+        let id = self.shared.outcome_table_id(topology)?;
+        Ok(self.state.get(&outcome_key(id, record)?)?)
+    }
+
     /// What `topology` recorded for `record`, if it has processed it and recorded anything.
     pub fn outcome<O: DeserializeOwned>(
         &self,

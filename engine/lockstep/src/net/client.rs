@@ -1,0 +1,392 @@
+//! The client: typed appends and reads over the network, retried through disconnects and
+//! server restarts until a deadline, with idempotent appends so a retry never duplicates.
+
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+use super::proto::{
+    read_frame, write_frame, ClientFrame, FrameError, Read, Request, Response, ServerFrame,
+    WireError, FRAME_BYTES_MAX_DEFAULT, PROTOCOL_VERSION,
+};
+use crate::{Depot, RecordId};
+
+/// Client settings.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ClientConfig {
+    /// Presented in the handshake.
+    pub token: Option<String>,
+    /// How long a call keeps retrying through connection failures (0: one attempt).
+    pub retry_for: Duration,
+    /// Largest frame sent or accepted.
+    pub frame_bytes_max: usize,
+    /// Limit on one connection attempt.
+    pub connect_timeout: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            token: None,
+            retry_for: Duration::ZERO,
+            frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The server could not be reached or the connection kept failing until the deadline. For
+    /// an append this means *maybe*: the records may be durable; retrying the call with the
+    /// same client resolves it without duplicating.
+    #[error("server unreachable: {0}")]
+    Unreachable(String),
+    /// The server refused the handshake (wrong token, other protocol version). Not retried.
+    #[error("connection refused by server: {0}")]
+    Refused(String),
+    /// The server answered the request with an error.
+    #[error("server error: {0}")]
+    Server(#[from] WireError),
+    /// The server sent something this client does not understand.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// A record, key or value did not encode or decode.
+    #[error("codec: {0}")]
+    Codec(String),
+}
+
+struct Connection {
+    reader: BufReader<OwnedReadHalf>,
+    writer: BufWriter<OwnedWriteHalf>,
+}
+
+/// The answer to one [`Read`] of [`Client::read`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadResult {
+    /// For `Get`: the stored value envelope.
+    Value(Option<Vec<u8>>),
+    /// For `Scan` (`(encoded key, value)`) and `SetMembers` (`(encoded element, empty)`).
+    Entries(Vec<(Vec<u8>, Vec<u8>)>),
+    /// For `BatchId`.
+    Batch(u64),
+}
+
+/// A connection to a Lockstep server. One call at a time (`&mut self`); open several clients
+/// for concurrency. Each client is an idempotent producer with a random id: its appends are
+/// numbered, and a retried append is applied once.
+pub struct Client {
+    address: String,
+    config: ClientConfig,
+    connection: Option<Connection>,
+    producer: u64,
+    next_sequence: u64,
+    next_request: u64,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("address", &self.address)
+            .field("producer", &self.producer)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Attempt<T> {
+    Done(Result<T, ClientError>),
+    /// The connection failed: reconnect and try again if there is time.
+    Retry(String),
+}
+
+fn random_producer_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS per process; mix in the time and the pid for clients
+    // created in the same process.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}
+
+impl Client {
+    /// Connects (retrying until `config.retry_for` has passed) and completes the handshake.
+    pub async fn connect(address: &str, config: ClientConfig) -> Result<Self, ClientError> {
+        let mut client = Self {
+            address: address.to_string(),
+            config,
+            connection: None,
+            producer: random_producer_id(),
+            next_sequence: 0,
+            next_request: 0,
+        };
+        let deadline = Instant::now() + client.config.retry_for;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            match client.open().await {
+                Ok(connection) => {
+                    client.connection = Some(connection);
+                    return Ok(client);
+                }
+                Err(ClientError::Unreachable(message)) => {
+                    if Instant::now() + backoff > deadline {
+                        return Err(ClientError::Unreachable(message));
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Err(other) => return Err(other),
+            }
+        }
+    }
+
+    /// This client's producer id.
+    pub fn producer_id(&self) -> u64 {
+        self.producer
+    }
+
+    async fn open(&self) -> Result<Connection, ClientError> {
+        let unreachable =
+            |e: &dyn std::fmt::Display| ClientError::Unreachable(format!("{}: {e}", self.address));
+        let stream = tokio::time::timeout(
+            self.config.connect_timeout,
+            TcpStream::connect(&self.address),
+        )
+        .await
+        .map_err(|_| unreachable(&"connect timed out"))?
+        .map_err(|e| unreachable(&e))?;
+        let _ = stream.set_nodelay(true);
+        let (read_half, write_half) = stream.into_split();
+        let mut connection = Connection {
+            reader: BufReader::new(read_half),
+            writer: BufWriter::new(write_half),
+        };
+        let hello = ClientFrame::Hello {
+            protocol: PROTOCOL_VERSION,
+            token: self.config.token.clone(),
+        };
+        let max = self.config.frame_bytes_max;
+        write_frame(&mut connection.writer, &hello, max)
+            .await
+            .map_err(|e| unreachable(&e))?;
+        connection
+            .writer
+            .flush()
+            .await
+            .map_err(|e| unreachable(&e))?;
+        match read_frame::<_, ServerFrame>(&mut connection.reader, max).await {
+            Ok(Some(ServerFrame::Welcome { .. })) => Ok(connection),
+            Ok(Some(ServerFrame::Fatal { message })) => {
+                if message.starts_with("server busy") {
+                    Err(ClientError::Unreachable(message))
+                } else {
+                    Err(ClientError::Refused(message))
+                }
+            }
+            Ok(Some(other)) => Err(ClientError::Protocol(format!(
+                "unexpected handshake reply {other:?}"
+            ))),
+            Ok(None) => Err(unreachable(&"closed during handshake")),
+            Err(e) => Err(unreachable(&e)),
+        }
+    }
+
+    /// Sends `request` and collects its answer frames, reconnecting and resending until the
+    /// deadline when the connection fails. Safe because every request is idempotent: reads,
+    /// waits, and appends (numbered per producer).
+    async fn call(&mut self, request: Request) -> Result<Vec<Response>, ClientError> {
+        let deadline = Instant::now() + self.config.retry_for;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let failure = match self.attempt(&request).await {
+                Attempt::Done(result) => return result,
+                Attempt::Retry(message) => message,
+            };
+            self.connection = None;
+            if Instant::now() + backoff > deadline {
+                return Err(ClientError::Unreachable(failure));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+            match self.open().await {
+                Ok(connection) => self.connection = Some(connection),
+                Err(ClientError::Unreachable(_)) => {}
+                Err(other) => return Err(other),
+            }
+        }
+    }
+
+    async fn attempt(&mut self, request: &Request) -> Attempt<Vec<Response>> {
+        let max = self.config.frame_bytes_max;
+        self.next_request += 1;
+        let id = self.next_request;
+        let Some(connection) = self.connection.as_mut() else {
+            return Attempt::Retry("not connected".to_string());
+        };
+        let frame = ClientFrame::Request {
+            id,
+            request: request.clone(),
+        };
+        match write_frame(&mut connection.writer, &frame, max).await {
+            Ok(()) => {}
+            Err(FrameError::Io(e)) => return Attempt::Retry(e.to_string()),
+            Err(e) => return Attempt::Done(Err(ClientError::Codec(e.to_string()))),
+        }
+        if let Err(e) = connection.writer.flush().await {
+            return Attempt::Retry(e.to_string());
+        }
+        let streaming = matches!(request, Request::Read { .. });
+        let mut responses = Vec::new();
+        loop {
+            match read_frame::<_, ServerFrame>(&mut connection.reader, max).await {
+                Ok(Some(ServerFrame::Response { id: got, result })) if got == id => match result {
+                    Ok(Response::ReadDone) => return Attempt::Done(Ok(responses)),
+                    Ok(response) => {
+                        responses.push(response);
+                        if !streaming {
+                            return Attempt::Done(Ok(responses));
+                        }
+                    }
+                    Err(error) if error.kind == super::WireErrorKind::Unavailable => {
+                        // The engine is poisoned or closing: a restarted server may take it.
+                        return Attempt::Retry(error.to_string());
+                    }
+                    Err(error) => return Attempt::Done(Err(ClientError::Server(error))),
+                },
+                Ok(Some(ServerFrame::Fatal { message })) => return Attempt::Retry(message),
+                Ok(Some(other)) => {
+                    return Attempt::Done(Err(ClientError::Protocol(format!(
+                        "unexpected frame {other:?}"
+                    ))))
+                }
+                Ok(None) => return Attempt::Retry("server closed the connection".to_string()),
+                Err(FrameError::Io(e)) => return Attempt::Retry(e.to_string()),
+                Err(e) => return Attempt::Done(Err(ClientError::Protocol(e.to_string()))),
+            }
+        }
+    }
+
+    /// Appends records to `depot`; returns their positions once durable. Idempotent: retried
+    /// through failures until the deadline, applied once.
+    pub async fn append<T>(
+        &mut self,
+        depot: &Depot<T>,
+        records: &[T],
+    ) -> Result<Vec<RecordId>, ClientError>
+    where
+        T: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let mut envelopes = Vec::with_capacity(records.len());
+        for record in records {
+            envelopes.push(
+                depot
+                    .encode(record)
+                    .map_err(|e| ClientError::Codec(e.to_string()))?,
+            );
+        }
+        let sequence = self.next_sequence;
+        let request = Request::Append {
+            depot: depot.name().to_string(),
+            records: envelopes,
+            producer: Some((self.producer, sequence)),
+        };
+        let result = self.call(request).await;
+        // Only a definite answer moves the sequence on; an unreachable server leaves it, so the
+        // caller's retry of the same records deduplicates.
+        if !matches!(result, Err(ClientError::Unreachable(_))) {
+            self.next_sequence += 1;
+        }
+        match result?.pop() {
+            Some(Response::Appended(ids)) => Ok(ids),
+            other => Err(ClientError::Protocol(format!(
+                "unexpected answer {other:?}"
+            ))),
+        }
+    }
+
+    /// Waits until `topology` has processed `record`; returns its committed batch id.
+    pub async fn wait_for(
+        &mut self,
+        topology: &str,
+        record: RecordId,
+        timeout: Duration,
+    ) -> Result<u64, ClientError> {
+        let request = Request::WaitFor {
+            topology: topology.to_string(),
+            record,
+            timeout_ms: timeout.as_millis() as u64,
+        };
+        match self.call(request).await?.pop() {
+            Some(Response::Waited { batch_id }) => Ok(batch_id),
+            other => Err(ClientError::Protocol(format!(
+                "unexpected answer {other:?}"
+            ))),
+        }
+    }
+
+    /// The outcome `topology` recorded for `record`, with the batch that recorded it.
+    pub async fn outcome<O: DeserializeOwned>(
+        &mut self,
+        topology: &str,
+        record: RecordId,
+    ) -> Result<Option<crate::Outcome<O>>, ClientError> {
+        let request = Request::Outcome {
+            topology: topology.to_string(),
+            record,
+        };
+        match self.call(request).await?.pop() {
+            Some(Response::Outcome(None)) => Ok(None),
+            Some(Response::Outcome(Some(bytes))) => {
+                let (batch_id, value): (u64, O) = lockstep_core::decode_envelope(&bytes)
+                    .map_err(|e| ClientError::Codec(e.to_string()))?;
+                Ok(Some(crate::Outcome { batch_id, value }))
+            }
+            other => Err(ClientError::Protocol(format!(
+                "unexpected answer {other:?}"
+            ))),
+        }
+    }
+
+    /// Runs `reads` against one consistent snapshot on the server; one result per read.
+    pub async fn read(&mut self, reads: Vec<Read>) -> Result<Vec<ReadResult>, ClientError> {
+        let count = reads.len();
+        let responses = self.call(Request::Read { reads }).await?;
+        let mut results: Vec<Option<ReadResult>> = vec![None; count];
+        for response in responses {
+            let (read, piece) = match response {
+                Response::ReadValue { read, value } => (read, ReadResult::Value(value)),
+                Response::ReadBatch { read, batch_id } => (read, ReadResult::Batch(batch_id)),
+                Response::ReadEntries { read, entries } => (read, ReadResult::Entries(entries)),
+                other => {
+                    return Err(ClientError::Protocol(format!(
+                        "unexpected answer {other:?}"
+                    )))
+                }
+            };
+            let slot = results
+                .get_mut(read as usize)
+                .ok_or_else(|| ClientError::Protocol(format!("answer to unknown read {read}")))?;
+            match (slot.as_mut(), piece) {
+                (Some(ReadResult::Entries(all)), ReadResult::Entries(more)) => all.extend(more),
+                (None, piece) => *slot = Some(piece),
+                _ => return Err(ClientError::Protocol(format!("read {read} answered twice"))),
+            }
+        }
+        results
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| r.ok_or_else(|| ClientError::Protocol(format!("read {i} unanswered"))))
+            .collect()
+    }
+}

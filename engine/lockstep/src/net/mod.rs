@@ -1,0 +1,20 @@
+//! Lockstep over the network: a TCP server for an engine, and a client that appends to it and
+//! reads from it (feature `net`).
+//!
+//! The protocol is length-prefixed frames (`u32` big-endian length, then a bincode payload),
+//! opened by a version handshake that also carries the optional token. Records travel as the
+//! depot's envelopes, encoded and decoded by the typed handles on the client; the server checks
+//! every record against its depot's type before accepting it. Every frame has a size limit; a
+//! malformed, oversize or unexpected frame gets a `Fatal` reply and its connection is closed,
+//! and nothing else is affected.
+
+mod client;
+mod proto;
+mod server;
+
+pub use client::{Client, ClientConfig, ClientError, ReadResult};
+pub use proto::{
+    ClientFrame, FrameError, Read, Request, Response, ServerFrame, WireError, WireErrorKind,
+    FRAME_BYTES_MAX_DEFAULT, PROTOCOL_VERSION,
+};
+pub use server::{Server, ServerConfig};

@@ -1,0 +1,307 @@
+//! Wire messages and framing.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::RecordId;
+
+/// The protocol version this release speaks; the handshake refuses any other.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Default limit on one frame's payload.
+pub const FRAME_BYTES_MAX_DEFAULT: usize = 16 << 20;
+
+/// What a client sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientFrame {
+    /// The first frame of a connection.
+    Hello {
+        /// Must be [`PROTOCOL_VERSION`].
+        protocol: u32,
+        /// Required when the server has a token.
+        token: Option<String>,
+    },
+    /// A request; the server answers with frames carrying the same id.
+    Request {
+        /// Chosen by the client, echoed in the answer.
+        id: u64,
+        /// What to do.
+        request: Request,
+    },
+}
+
+/// A request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Append encoded records (depot envelopes) to a depot, optionally idempotently.
+    Append {
+        /// The depot's name.
+        depot: String,
+        /// The records' envelopes.
+        records: Vec<Vec<u8>>,
+        /// `(producer, sequence)` for an idempotent append.
+        producer: Option<(u64, u64)>,
+    },
+    /// Wait until a topology has processed a record.
+    WaitFor {
+        /// The topology.
+        topology: String,
+        /// The record.
+        record: RecordId,
+        /// How long to wait at most.
+        timeout_ms: u64,
+    },
+    /// The outcome a topology recorded for a record.
+    Outcome {
+        /// The topology.
+        topology: String,
+        /// The record.
+        record: RecordId,
+    },
+    /// Reads, all from one consistent snapshot; answered by a stream of `Read*` responses and
+    /// a final `ReadDone`.
+    Read {
+        /// The reads, answered in order.
+        reads: Vec<Read>,
+    },
+}
+
+/// One read of a [`Request::Read`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Read {
+    /// The value under an encoded key.
+    Get {
+        /// The PState.
+        pstate: String,
+        /// The key, encoded with the key codec.
+        key: Vec<u8>,
+    },
+    /// Every entry of a PState, all partitions, in key order.
+    Scan {
+        /// The PState.
+        pstate: String,
+    },
+    /// Every element of one set.
+    SetMembers {
+        /// The set PState.
+        pstate: String,
+        /// The key, encoded.
+        key: Vec<u8>,
+    },
+    /// The batch a topology is at in the snapshot.
+    BatchId {
+        /// The topology.
+        topology: String,
+    },
+}
+
+/// What a server sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerFrame {
+    /// Accepts the handshake.
+    Welcome {
+        /// The server's protocol version.
+        protocol: u32,
+        /// The server's name and version.
+        server: String,
+    },
+    /// An answer (or part of one) to a request.
+    Response {
+        /// The request's id.
+        id: u64,
+        /// The answer.
+        result: Result<Response, WireError>,
+    },
+    /// The connection is being closed because of this.
+    Fatal {
+        /// Why.
+        message: String,
+    },
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// The records are durable at these positions.
+    Appended(Vec<RecordId>),
+    /// The record is processed; the topology's committed batch.
+    Waited {
+        /// The batch id.
+        batch_id: u64,
+    },
+    /// The stored outcome envelope, if any.
+    Outcome(Option<Vec<u8>>),
+    /// The answer to a `Get` (the stored value envelope).
+    ReadValue {
+        /// Index of the read in the request.
+        read: u32,
+        /// The value, if any.
+        value: Option<Vec<u8>>,
+    },
+    /// Part of the answer to a `Scan` (`(encoded key, value)`) or `SetMembers` (`(encoded
+    /// element, empty)`); more parts may follow.
+    ReadEntries {
+        /// Index of the read in the request.
+        read: u32,
+        /// The entries.
+        entries: Vec<(Vec<u8>, Vec<u8>)>,
+    },
+    /// The answer to a `BatchId`.
+    ReadBatch {
+        /// Index of the read in the request.
+        read: u32,
+        /// The batch id.
+        batch_id: u64,
+    },
+    /// The last frame of a `Read`.
+    ReadDone,
+}
+
+/// A refused request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{kind:?}: {message}")]
+pub struct WireError {
+    /// What kind of failure.
+    pub kind: WireErrorKind,
+    /// The server's message.
+    pub message: String,
+}
+
+/// Kinds of [`WireError`], by what a client should do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum WireErrorKind {
+    /// Bad input (a record that does not decode, an unknown name, ...): nothing was written;
+    /// retrying the same request fails the same way.
+    Refused,
+    /// An idempotent append older than the producer's last accepted one.
+    Stale,
+    /// The engine cannot write (poisoned or closing); nothing more will be accepted until it is
+    /// restarted. A retry against the restarted server may succeed.
+    Unavailable,
+    /// The topology stopped after a failed batch.
+    Stopped,
+    /// A wait timed out.
+    Timeout,
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The connection failed or closed mid-frame.
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// The length prefix is over the limit.
+    #[error("frame of {bytes} bytes exceeds the limit of {bytes_max}")]
+    TooLarge {
+        /// The announced length.
+        bytes: usize,
+        /// The limit.
+        bytes_max: usize,
+    },
+    /// The payload does not decode.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+/// Reads one frame; `Ok(None)` on a clean end of stream before a frame starts.
+pub(crate) async fn read_frame<R, T>(
+    reader: &mut R,
+    bytes_max: usize,
+) -> Result<Option<T>, FrameError>
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
+    let mut length = [0u8; 4];
+    match reader.read_exact(&mut length).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let bytes = u32::from_be_bytes(length) as usize;
+    if bytes > bytes_max {
+        return Err(FrameError::TooLarge { bytes, bytes_max });
+    }
+    let mut payload = vec![0u8; bytes];
+    reader.read_exact(&mut payload).await?;
+    decode_payload(&payload).map(Some)
+}
+
+pub(crate) fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
+    let config = bincode::config::standard().with_limit::<{ 64 << 20 }>();
+    let (value, used) = bincode::serde::decode_from_slice(payload, config)
+        .map_err(|e| FrameError::Malformed(e.to_string()))?;
+    if used != payload.len() {
+        return Err(FrameError::Malformed(format!(
+            "{} trailing bytes",
+            payload.len() - used
+        )));
+    }
+    Ok(value)
+}
+
+/// Writes one frame (not flushed).
+pub(crate) async fn write_frame<W, T>(
+    writer: &mut W,
+    frame: &T,
+    bytes_max: usize,
+) -> Result<(), FrameError>
+where
+    W: AsyncWrite + Unpin,
+    T: Serialize,
+{
+    let payload = bincode::serde::encode_to_vec(frame, bincode::config::standard())
+        .map_err(|e| FrameError::Malformed(e.to_string()))?;
+    if payload.len() > bytes_max {
+        return Err(FrameError::TooLarge {
+            bytes: payload.len(),
+            bytes_max,
+        });
+    }
+    writer
+        .write_all(&(payload.len() as u32).to_be_bytes())
+        .await?;
+    writer.write_all(&payload).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_limits_hold() {
+        let frame = ClientFrame::Request {
+            id: 7,
+            request: Request::Append {
+                depot: "d".into(),
+                records: vec![vec![1, 2, 3]],
+                producer: Some((1, 2)),
+            },
+        };
+        let mut buffer = Vec::new();
+        write_frame(&mut buffer, &frame, 1024).await.expect("write");
+        let back: Option<ClientFrame> = read_frame(&mut buffer.as_slice(), 1024)
+            .await
+            .expect("read");
+        assert_eq!(back, Some(frame.clone()));
+        assert!(matches!(
+            read_frame::<_, ClientFrame>(&mut buffer.as_slice(), 4).await,
+            Err(FrameError::TooLarge { .. })
+        ));
+        let empty: Option<ClientFrame> = read_frame(&mut [].as_slice(), 1024).await.expect("eof");
+        assert_eq!(empty, None);
+        let garbage = [0u8, 0, 0, 3, 0xFF, 0xFF, 0xFF];
+        assert!(matches!(
+            read_frame::<_, ClientFrame>(&mut garbage.as_slice(), 1024).await,
+            Err(FrameError::Malformed(_))
+        ));
+        let truncated = &buffer[..buffer.len() - 1];
+        assert!(matches!(
+            read_frame::<_, ClientFrame>(&mut &truncated[..], 1024).await,
+            Err(FrameError::Io(_))
+        ));
+    }
+}

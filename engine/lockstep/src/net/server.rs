@@ -1,0 +1,412 @@
+//! The TCP server: one task per connection, requests on a connection answered in order.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use super::proto::{
+    read_frame, write_frame, ClientFrame, FrameError, Read, Request, Response, ServerFrame,
+    WireError, WireErrorKind, FRAME_BYTES_MAX_DEFAULT, PROTOCOL_VERSION,
+};
+use crate::{Engine, Error};
+
+/// Server settings.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// Where to listen (default `127.0.0.1:7420`; port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// When set, clients must present it in the handshake.
+    pub token: Option<String>,
+    /// Largest frame accepted or sent.
+    pub frame_bytes_max: usize,
+    /// Connections served at once; more are told the server is busy and closed.
+    pub connections_max: usize,
+    /// How long a new connection has to complete its handshake.
+    pub handshake_timeout: Duration,
+    /// Longest wait a `WaitFor` may ask for.
+    pub wait_max: Duration,
+    /// How long shutdown waits for connections to finish their current request.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7420)),
+            token: None,
+            frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
+            connections_max: 1024,
+            handshake_timeout: Duration::from_secs(10),
+            wait_max: Duration::from_secs(300),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A bound server; [`Server::run`] serves until shutdown.
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    config: Arc<ServerConfig>,
+}
+
+/// Entries per `ReadEntries` frame: well under any frame limit for ordinary entries.
+const READ_CHUNK_ENTRIES: usize = 1024;
+
+impl Server {
+    /// Binds the listening socket.
+    pub async fn bind(engine: Arc<Engine>, config: ServerConfig) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(config.listen).await?;
+        Ok(Self {
+            listener,
+            engine,
+            config: Arc::new(config),
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` completes; then stops accepting, lets each connection finish the
+    /// request it is on (up to the grace period), and returns. Dropping the engine afterwards
+    /// finishes the in-flight batch and closes the database.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let slots = Arc::new(Semaphore::new(self.config.connections_max.max(1)));
+        let mut connections = tokio::task::JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = self.listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(accepted) => accepted,
+                        Err(e) => {
+                            // Out of file descriptors and the like: keep serving the others.
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let engine = self.engine.clone();
+                    let config = self.config.clone();
+                    let stop = stop_rx.clone();
+                    match slots.clone().try_acquire_owned() {
+                        Ok(slot) => {
+                            connections.spawn(async move {
+                                serve_connection(stream, engine, config, stop).await;
+                                drop(slot);
+                            });
+                        }
+                        Err(_) => {
+                            connections.spawn(async move {
+                                refuse(stream, "server busy: too many connections", &config).await;
+                            });
+                        }
+                    }
+                    tracing::debug!(%peer, "accepted");
+                }
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+        let _ = stop_tx.send(true);
+        let grace = self.config.shutdown_grace;
+        if tokio::time::timeout(grace, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
+        {
+            connections.abort_all();
+        }
+        Ok(())
+    }
+}
+
+async fn refuse(stream: TcpStream, message: &str, config: &ServerConfig) {
+    let mut writer = BufWriter::new(stream);
+    let fatal = ServerFrame::Fatal {
+        message: message.to_string(),
+    };
+    if write_frame(&mut writer, &fatal, config.frame_bytes_max)
+        .await
+        .is_ok()
+    {
+        let _ = writer.flush().await;
+    }
+}
+
+async fn send(
+    writer: &mut BufWriter<OwnedWriteHalf>,
+    frame: &ServerFrame,
+    config: &ServerConfig,
+) -> Result<(), FrameError> {
+    write_frame(writer, frame, config.frame_bytes_max).await?;
+    writer.flush().await?;
+    Ok(())
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    engine: Arc<Engine>,
+    config: Arc<ServerConfig>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let (read_half, write_half) = stream.into_split();
+    let mut reader = BufReader::new(read_half);
+    let mut writer = BufWriter::new(write_half);
+    let max = config.frame_bytes_max;
+
+    // Handshake: version, then token.
+    let hello = tokio::time::timeout(
+        config.handshake_timeout,
+        read_frame::<_, ClientFrame>(&mut reader, max),
+    )
+    .await;
+    let refusal = match hello {
+        Err(_) => Some("handshake timed out".to_string()),
+        Ok(Ok(Some(ClientFrame::Hello { protocol, token }))) => {
+            if protocol != PROTOCOL_VERSION {
+                Some(format!(
+                    "protocol version {protocol} is not supported (server speaks {PROTOCOL_VERSION})"
+                ))
+            } else if config.token.is_some() && token != config.token {
+                Some("authentication failed: wrong or missing token".to_string())
+            } else {
+                None
+            }
+        }
+        Ok(Ok(Some(ClientFrame::Request { .. }))) => {
+            Some("expected a Hello frame first".to_string())
+        }
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => Some(e.to_string()),
+    };
+    if let Some(message) = refusal {
+        tracing::info!(%message, "connection refused");
+        let _ = send(&mut writer, &ServerFrame::Fatal { message }, &config).await;
+        return;
+    }
+    let welcome = ServerFrame::Welcome {
+        protocol: PROTOCOL_VERSION,
+        server: format!("lockstep {}", env!("CARGO_PKG_VERSION")),
+    };
+    if send(&mut writer, &welcome, &config).await.is_err() {
+        return;
+    }
+
+    loop {
+        let frame = tokio::select! {
+            frame = read_frame::<_, ClientFrame>(&mut reader, max) => frame,
+            _ = stop.changed() => return,
+        };
+        match frame {
+            Ok(Some(ClientFrame::Request { id, request })) => {
+                if handle(id, request, &engine, &config, &mut writer)
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Ok(Some(ClientFrame::Hello { .. })) => {
+                let message = "unexpected Hello after the handshake".to_string();
+                let _ = send(&mut writer, &ServerFrame::Fatal { message }, &config).await;
+                return;
+            }
+            Ok(None) => return,
+            Err(FrameError::Io(_)) => return,
+            Err(e) => {
+                // Oversize or malformed: say why, then close this connection only.
+                tracing::info!(error = %e, "bad frame; closing connection");
+                let message = e.to_string();
+                let _ = send(&mut writer, &ServerFrame::Fatal { message }, &config).await;
+                return;
+            }
+        }
+    }
+}
+
+fn wire_error(error: &Error) -> WireError {
+    let kind = match error {
+        Error::Poisoned { .. } | Error::Closed | Error::Store(_) => WireErrorKind::Unavailable,
+        Error::StaleSequence { .. } => WireErrorKind::Stale,
+        Error::TopologyStopped { .. } | Error::Batch { .. } => WireErrorKind::Stopped,
+        Error::Timeout { .. } => WireErrorKind::Timeout,
+        _ => WireErrorKind::Refused,
+    };
+    WireError {
+        kind,
+        message: error.to_string(),
+    }
+}
+
+async fn handle(
+    id: u64,
+    request: Request,
+    engine: &Arc<Engine>,
+    config: &ServerConfig,
+    writer: &mut BufWriter<OwnedWriteHalf>,
+) -> Result<(), FrameError> {
+    let result = match request {
+        Request::Append {
+            depot,
+            records,
+            producer,
+        } => engine
+            .append_encoded(&depot, records, producer)
+            .await
+            .map(Response::Appended),
+        Request::WaitFor {
+            topology,
+            record,
+            timeout_ms,
+        } => {
+            let timeout = Duration::from_millis(timeout_ms).min(config.wait_max);
+            engine
+                .wait_for_async(&topology, record, timeout)
+                .await
+                .map(|batch_id| Response::Waited { batch_id })
+        }
+        Request::Outcome { topology, record } => {
+            let engine = engine.clone();
+            blocking(move || {
+                let snapshot = engine.snapshot()?;
+                snapshot
+                    .raw_outcome(&topology, record)
+                    .map(Response::Outcome)
+            })
+            .await
+        }
+        Request::Read { reads } => return stream_reads(id, reads, engine, config, writer).await,
+    };
+    let frame = ServerFrame::Response {
+        id,
+        result: result.map_err(|e| wire_error(&e)),
+    };
+    send(writer, &frame, config).await
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|_| Err(Error::Closed))
+}
+
+/// Runs the reads on a blocking thread against one snapshot and streams the answers.
+async fn stream_reads(
+    id: u64,
+    reads: Vec<Read>,
+    engine: &Arc<Engine>,
+    config: &ServerConfig,
+    writer: &mut BufWriter<OwnedWriteHalf>,
+) -> Result<(), FrameError> {
+    // A small bound: the reader waits for the socket instead of buffering a whole scan.
+    let (tx, mut rx) = mpsc::channel::<Result<Response, Error>>(4);
+    let engine = engine.clone();
+    let producer = tokio::task::spawn_blocking(move || {
+        let outcome = run_reads(&engine, reads, &tx);
+        let last = outcome.map(|()| Response::ReadDone);
+        let _ = tx.blocking_send(last);
+    });
+    while let Some(item) = rx.recv().await {
+        // The stream ends with `ReadDone` or an error.
+        let done = !matches!(
+            item,
+            Ok(Response::ReadValue { .. }
+                | Response::ReadEntries { .. }
+                | Response::ReadBatch { .. })
+        );
+        let frame = ServerFrame::Response {
+            id,
+            result: item.map_err(|e| wire_error(&e)),
+        };
+        send(writer, &frame, config).await?;
+        if done {
+            break;
+        }
+    }
+    drop(rx);
+    let _ = producer.await;
+    Ok(())
+}
+
+fn run_reads(
+    engine: &Engine,
+    reads: Vec<Read>,
+    tx: &mpsc::Sender<Result<Response, Error>>,
+) -> Result<(), Error> {
+    let snapshot = engine.snapshot()?;
+    let emit = |response: Response| tx.blocking_send(Ok(response)).map_err(|_| Error::Closed);
+    for (index, read) in reads.into_iter().enumerate() {
+        let read_index = index as u32;
+        match read {
+            Read::Get { pstate, key } => {
+                let value = snapshot.raw_get(&pstate, &key)?;
+                emit(Response::ReadValue {
+                    read: read_index,
+                    value,
+                })?;
+            }
+            Read::BatchId { topology } => {
+                let batch_id = snapshot.batch_id(&topology)?;
+                emit(Response::ReadBatch {
+                    read: read_index,
+                    batch_id,
+                })?;
+            }
+            Read::Scan { pstate } => {
+                let mut after: Option<Vec<u8>> = None;
+                loop {
+                    let page = snapshot.raw_scan(&pstate, after.as_deref(), READ_CHUNK_ENTRIES)?;
+                    let full = page.len() == READ_CHUNK_ENTRIES;
+                    after = page.last().map(|(key, _)| key.clone());
+                    emit(Response::ReadEntries {
+                        read: read_index,
+                        entries: page,
+                    })?;
+                    if !full {
+                        break;
+                    }
+                }
+            }
+            Read::SetMembers { pstate, key } => {
+                let mut after: Option<Vec<u8>> = None;
+                loop {
+                    let page = snapshot.raw_set_members(
+                        &pstate,
+                        &key,
+                        after.as_deref(),
+                        READ_CHUNK_ENTRIES,
+                    )?;
+                    let full = page.len() == READ_CHUNK_ENTRIES;
+                    after = page.last().cloned();
+                    emit(Response::ReadEntries {
+                        read: read_index,
+                        entries: page
+                            .into_iter()
+                            .map(|element| (element, Vec::new()))
+                            .collect(),
+                    })?;
+                    if !full {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
