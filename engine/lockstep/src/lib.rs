@@ -62,8 +62,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub use lockstep_core::exec::BatchError;
 pub use lockstep_core::store::{CommitRecord, ConsumedOffset, StoreError};
 pub use lockstep_core::{
-    decode_envelope, decode_key, encode_key, partition_for_key, CodecError, Ctx, Delivery, Depot,
-    HandlerError, KeyCodecError, NoMessages, PState, RecordId, RouteError, SchemaError, SetPState,
-    Topology, TopologyBuilder, PARTITIONS_MAX, RECORD_BYTES_MAX_DEFAULT,
+    decode_envelope, decode_key, decode_key_prefix, encode_key, partition_for_key, CodecError, Ctx,
+    Delivery, Depot, HandlerError, KeyCodecError, NoMessages, PState, RecordId, RouteError,
+    SchemaError, SetPState, Topology, TopologyBuilder, PARTITIONS_MAX, RECORD_BYTES_MAX_DEFAULT,
 };
 pub use snapshot::{Outcome, Snapshot};

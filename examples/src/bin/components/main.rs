@@ -1,8 +1,12 @@
 //! `components`: the component parent/child integrity app on Lockstep.
 //!
 //! `components demo` runs the engine in-process, drives a mixed, conflicting workload from
-//! concurrent clients, verifies every invariant and prints a summary. `components verify`
-//! checks a data directory.
+//! concurrent clients, verifies every invariant and prints a summary. `components serve` runs
+//! it as a server; `append`, `get`, `dump`, `verify` and `load` are its clients (`verify` also
+//! checks a data directory directly).
+
+mod json;
+mod remote;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,7 +18,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use lockstep::{Engine, EngineOptions, RecordId};
-use lockstep_topologies::components::invariants::check;
+use lockstep_topologies::components::invariants::{check, ComponentsView};
 use lockstep_topologies::components::workload::Workload;
 use lockstep_topologies::components::{
     components, read_outcome, read_view, Components, Outcome, DEPOT, TOPOLOGY,
@@ -53,13 +57,95 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
-    /// Check every invariant on a consistent snapshot of a data directory.
-    Verify {
-        /// The data directory (not in use by another process).
+    /// Serve a data directory over TCP.
+    Serve {
+        /// The data directory (created if missing).
         #[arg(long)]
         data: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7420")]
+        listen: std::net::SocketAddr,
+        /// Partitions for a new data directory (an existing one keeps its own).
+        #[arg(long)]
+        partitions: Option<u32>,
+        /// Require clients to present this token.
+        #[arg(long, env = "LOCKSTEP_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Append commands read as JSON Lines from stdin; one JSON line out per line in, in order.
+    Append {
+        /// The server.
+        #[arg(long, default_value = DEFAULT_SERVER)]
+        server: String,
+        /// Also wait for each command's outcome.
+        #[arg(long)]
+        wait: bool,
+        /// Keep retrying through disconnects and restarts for this many seconds.
+        #[arg(long, default_value_t = 0.0)]
+        retry_for: f64,
+        /// Token for the server.
+        #[arg(long, env = "LOCKSTEP_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Print one component as JSON (exit status 1 if it does not exist).
+    Get {
+        /// The component's id.
+        id: String,
+        /// The server.
+        #[arg(long, default_value = DEFAULT_SERVER)]
+        server: String,
+        /// Token for the server.
+        #[arg(long, env = "LOCKSTEP_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Print a consistent snapshot as JSON Lines: a header, then every component by id.
+    Dump {
+        /// The server.
+        #[arg(long, default_value = DEFAULT_SERVER)]
+        server: String,
+        /// Token for the server.
+        #[arg(long, env = "LOCKSTEP_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Check every invariant on a consistent snapshot, of a data directory or a server.
+    Verify {
+        /// A data directory (not in use by another process).
+        #[arg(long, conflicts_with = "server", required_unless_present = "server")]
+        data: Option<PathBuf>,
+        /// A server.
+        #[arg(long)]
+        server: Option<String>,
+        /// Token for the server.
+        #[arg(long, env = "LOCKSTEP_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Drive a server with concurrent clients and report throughput and latency.
+    Load {
+        /// The server.
+        #[arg(long, default_value = DEFAULT_SERVER)]
+        server: String,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 8)]
+        clients: u64,
+        /// Commands in all.
+        #[arg(long, default_value_t = 10_000)]
+        ops: u64,
+        /// Workload seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Hot ids every client also targets (fewer: more conflicts).
+        #[arg(long, default_value_t = 100)]
+        hot_ids: u64,
+        /// Print a machine-readable JSON summary instead.
+        #[arg(long)]
+        json: bool,
+        /// Token for the server.
+        #[arg(long, env = "LOCKSTEP_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
 }
+
+const DEFAULT_SERVER: &str = "127.0.0.1:7420";
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -87,7 +173,43 @@ fn main() -> ExitCode {
             partitions,
             seed,
         }),
-        Cmd::Verify { data } => verify(&data),
+        Cmd::Serve {
+            data,
+            listen,
+            partitions,
+            token,
+        } => remote::serve(&data, listen, partitions, token),
+        Cmd::Append {
+            server,
+            wait,
+            retry_for,
+            token,
+        } => match Duration::try_from_secs_f64(retry_for) {
+            Ok(retry_for) => remote::append(&server, wait, retry_for, token),
+            Err(_) => Err(anyhow::anyhow!(
+                "--retry-for must be a non-negative number of seconds"
+            )),
+        },
+        Cmd::Get { id, server, token } => remote::get(&server, &id, token),
+        Cmd::Dump { server, token } => remote::dump(&server, token),
+        Cmd::Verify {
+            data: Some(data), ..
+        } => verify(&data),
+        Cmd::Verify {
+            server: Some(server),
+            token,
+            ..
+        } => remote::verify_server(&server, token),
+        Cmd::Verify { .. } => Err(anyhow::anyhow!("verify needs --data DIR or --server ADDR")),
+        Cmd::Load {
+            server,
+            clients,
+            ops,
+            seed,
+            hot_ids,
+            json,
+            token,
+        } => remote::load(&server, clients, ops, seed, hot_ids, json, token),
     };
     match result {
         Ok(code) => code,
@@ -293,14 +415,19 @@ fn verify(dir: &Path) -> anyhow::Result<ExitCode> {
     let snapshot = engine.snapshot()?;
     let view = read_view(&snapshot, &handles)?;
     let batch = snapshot.batch_id(TOPOLOGY)?;
-    let violations = check(&view);
+    Ok(report_verification(&view, batch))
+}
+
+/// Prints the verdict on a view: one summary line, or every violation. Exit status 1 on any.
+fn report_verification(view: &ComponentsView, batch: u64) -> ExitCode {
+    let violations = check(view);
     if violations.is_empty() {
         println!(
             "ok: {} components, {} links, batch {batch}: every invariant holds",
             view.components.len(),
             view.links.len()
         );
-        Ok(ExitCode::SUCCESS)
+        ExitCode::SUCCESS
     } else {
         println!(
             "FAILED: {} violations in {} components at batch {batch}",
@@ -310,6 +437,6 @@ fn verify(dir: &Path) -> anyhow::Result<ExitCode> {
         for violation in &violations {
             println!("  {violation:?}");
         }
-        Ok(ExitCode::FAILURE)
+        ExitCode::FAILURE
     }
 }
