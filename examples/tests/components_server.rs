@@ -157,6 +157,16 @@ fn serve_append_get_dump_verify() {
     // ... and the server keeps serving everyone else.
     let (code, _, _) = run(&["get", "b", "--server", server, "--token", "sesame"], "");
     assert_eq!(code, 0);
+
+    // SIGTERM shuts it down cleanly.
+    let mut served = served;
+    let terminated = Command::new("kill")
+        .args(["-TERM", &served.child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(terminated.success());
+    let status = served.child.wait().expect("wait");
+    assert!(status.success(), "serve exited with {status}");
 }
 
 #[test]

@@ -82,6 +82,26 @@ async fn serves_appends_and_consistent_reads() {
         .expect("outcome")
         .expect("recorded");
     assert_eq!(outcome.value, 2, "second add to key 1");
+    let answers = client
+        .append_and_wait::<_, i64>(
+            &ledger.ops,
+            &[op(2)],
+            common::TOPOLOGY,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("append and wait");
+    assert_eq!(
+        answers[0].1.as_ref().map(|o| o.value),
+        Some(2),
+        "second add to key 2"
+    );
+    let (total, at_batch) = client
+        .get(&ledger.totals, &2, common::TOPOLOGY)
+        .await
+        .expect("get");
+    assert_eq!(total, Some(2));
+    assert!(at_batch >= answers[0].1.as_ref().map_or(0, |o| o.batch_id));
 
     // A garbage frame and an oversize frame each close only their own connection.
     let mut garbage = tokio::net::TcpStream::connect(&address)

@@ -358,6 +358,70 @@ impl Client {
         }
     }
 
+    /// Appends `records`, waits until `topology` has processed them, and returns each record's
+    /// position with the outcome the topology recorded for it (if any).
+    pub async fn append_and_wait<T, O>(
+        &mut self,
+        depot: &Depot<T>,
+        records: &[T],
+        topology: &str,
+        timeout: Duration,
+    ) -> Result<Vec<(RecordId, Option<crate::Outcome<O>>)>, ClientError>
+    where
+        T: Serialize + DeserializeOwned + Send + 'static,
+        O: DeserializeOwned,
+    {
+        let ids = self.append(depot, records).await?;
+        let mut answers = Vec::with_capacity(ids.len());
+        if let Some(last) = ids.last() {
+            // Records of one call commit in one batch or in order, so the last one is enough.
+            self.wait_for(topology, *last, timeout).await?;
+        }
+        for id in ids {
+            let outcome = self.outcome(topology, id).await?;
+            answers.push((id, outcome));
+        }
+        Ok(answers)
+    }
+
+    /// The value under `key` in `pstate`, and the batch of `topology` it was read at.
+    pub async fn get<K, V>(
+        &mut self,
+        pstate: &crate::PState<K, V>,
+        key: &K,
+        topology: &str,
+    ) -> Result<(Option<V>, u64), ClientError>
+    where
+        K: Serialize,
+        V: DeserializeOwned,
+    {
+        let key = lockstep_core::encode_key(key).map_err(|e| ClientError::Codec(e.to_string()))?;
+        let results = self
+            .read(vec![
+                Read::Get {
+                    pstate: pstate.name().to_string(),
+                    key,
+                },
+                Read::BatchId {
+                    topology: topology.to_string(),
+                },
+            ])
+            .await?;
+        match results.as_slice() {
+            [ReadResult::Value(value), ReadResult::Batch(batch)] => {
+                let value = value
+                    .as_deref()
+                    .map(lockstep_core::decode_envelope)
+                    .transpose()
+                    .map_err(|e| ClientError::Codec(e.to_string()))?;
+                Ok((value, *batch))
+            }
+            other => Err(ClientError::Protocol(format!(
+                "unexpected answer {other:?}"
+            ))),
+        }
+    }
+
     /// Runs `reads` against one consistent snapshot on the server; one result per read.
     pub async fn read(&mut self, reads: Vec<Read>) -> Result<Vec<ReadResult>, ClientError> {
         let count = reads.len();
