@@ -187,3 +187,46 @@ fn parent_and_child_appended_together_apply_in_append_order() {
     assert_eq!(outcome_of(&h, 0), Outcome::Applied);
     assert_eq!(outcome_of(&h, 1), Outcome::Applied);
 }
+
+#[test]
+fn attributes_that_outgrow_the_limit_are_rejected_not_fatal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut h = harness(dir.path());
+    h.append(&[create("big", None)]);
+    h.run_until_idle();
+    // Each update adds ~300 KB; the fourth would pass the 1 MiB component limit.
+    let updates: Vec<_> = (0..5)
+        .map(|i| update("big", &format!("k{i}"), &"x".repeat(300_000), None))
+        .collect();
+    for update in &updates {
+        h.append(std::slice::from_ref(update));
+    }
+    h.run_until_idle();
+    h.assert_matches_model();
+    assert_eq!(
+        outcome_of(&h, 1),
+        Outcome::Rejected(RejectReason::TooLarge),
+        "the fourth update is refused"
+    );
+    assert!(h
+        .engine()
+        .topology_failure(lockstep_topologies::components::TOPOLOGY)
+        .expect("known")
+        .is_none());
+}
+
+#[test]
+fn cascade_of_a_wide_parent_pages_through_its_children() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut h = harness(dir.path());
+    h.append(&[create("wide", None)]);
+    let kids: Vec<_> = (0..3_000)
+        .map(|i| create(&format!("kid{i}"), Some("wide")))
+        .collect();
+    h.append(&kids);
+    h.run_until_idle();
+    h.append(&[delete("wide", DeleteMode::Cascade)]);
+    h.run_until_idle();
+    h.assert_matches_model();
+    assert!(h.view().components.is_empty());
+}

@@ -226,6 +226,24 @@ pub(crate) struct TopologyState {
     commits: tokio::sync::watch::Sender<u64>,
     /// Serializes batches of this topology (manual calls from several threads).
     run_lock: Mutex<()>,
+    /// Totals over the batches committed since open.
+    stats: Mutex<TopologyStats>,
+}
+
+/// Totals over the batches a topology committed since the engine opened.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TopologyStats {
+    /// Batches committed.
+    pub batches: u64,
+    /// Depot records consumed.
+    pub records: u64,
+    /// Entries written (puts and deletes).
+    pub writes: u64,
+    /// Key and value bytes written.
+    pub write_bytes: u64,
+    /// Time spent in synced commit writes.
+    pub commit_time_us: u64,
 }
 
 impl std::fmt::Debug for TopologyState {
@@ -256,6 +274,19 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Poisons the engine and wakes every waiter and driver so they see it now, not at their
+    /// timeout. Notifies under each topology's progress lock so no waiter can miss it between
+    /// its check and its wait.
+    fn poison_and_wake(&self, reason: String) {
+        self.poison.set(reason);
+        for topology in self.topologies.values() {
+            let _guard = lock(&topology.progress);
+            topology.progress_changed.notify_all();
+            topology.commits.send_modify(|_| ());
+        }
+        self.input.bump();
+    }
+
     pub(crate) fn topology(&self, name: &str) -> Result<&Arc<TopologyState>, Error> {
         self.topologies
             .get(name)
@@ -518,6 +549,7 @@ impl Engine {
                     progress_changed: Condvar::new(),
                     commits,
                     run_lock: Mutex::new(()),
+                    stats: Mutex::new(TopologyStats::default()),
                 }),
             );
         }
@@ -539,31 +571,35 @@ impl Engine {
         });
         let (append_tx, append_rx) =
             crossbeam_channel::bounded(shared.options.append_queue_max.max(1));
-        let mut threads = Vec::new();
         let producers = shared
             .store
             .load_producers()?
             .into_iter()
             .map(|state| (state.producer, (state.sequence, state.ids)))
             .collect();
+        // Build the handle first: if a thread fails to start, dropping it stops and joins the
+        // ones already running (and closes the database).
+        let mut engine = Self {
+            shared: shared.clone(),
+            append_tx: Some(append_tx),
+            threads: Vec::new(),
+        };
         let appender_shared = shared.clone();
-        threads.push(spawn("lockstep-appender", move || {
+        engine.threads.push(spawn("lockstep-appender", move || {
             run_appender(&appender_shared, &append_rx, producers)
         })?);
         if shared.options.batch_driving == BatchDriving::Automatic {
             for (name, topology) in &shared.topologies {
                 let driver_shared = shared.clone();
                 let topology = topology.clone();
-                threads.push(spawn(&format!("lockstep-{name}"), move || {
-                    run_driver(&driver_shared, &topology)
-                })?);
+                engine
+                    .threads
+                    .push(spawn(&format!("lockstep-{name}"), move || {
+                        run_driver(&driver_shared, &topology)
+                    })?);
             }
         }
-        Ok(Self {
-            shared,
-            append_tx: Some(append_tx),
-            threads,
-        })
+        Ok(engine)
     }
 
     /// Appends one record; returns its position once it is durable.
@@ -800,7 +836,8 @@ impl Engine {
             .iter()
             .position(|d| d.id == record.depot_id)
             .ok_or_else(|| Error::UnknownDepot(format!("id {}", record.depot_id)))?;
-        let deadline = Instant::now() + timeout;
+        // A timeout too long to represent means no deadline.
+        let deadline = Instant::now().checked_add(timeout);
         let mut progress = lock(&state.progress);
         loop {
             let consumed = progress
@@ -823,14 +860,18 @@ impl Engine {
                 return Err(Error::Closed);
             }
             let now = Instant::now();
-            if now >= deadline {
-                return Err(Error::Timeout {
-                    waited_ms: timeout.as_millis() as u64,
-                });
-            }
+            let remaining = match deadline {
+                Some(deadline) if now >= deadline => {
+                    return Err(Error::Timeout {
+                        waited_ms: timeout.as_millis() as u64,
+                    });
+                }
+                Some(deadline) => deadline - now,
+                None => Duration::from_secs(3600),
+            };
             progress = state
                 .progress_changed
-                .wait_timeout(progress, deadline - now)
+                .wait_timeout(progress, remaining)
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .0;
         }
@@ -841,6 +882,11 @@ impl Engine {
         Ok(lock(&self.shared.topology(topology)?.progress)
             .record
             .clone())
+    }
+
+    /// Totals over the batches `topology` committed since the engine opened.
+    pub fn stats(&self, topology: &str) -> Result<TopologyStats, Error> {
+        Ok(lock(&self.shared.topology(topology)?.stats).clone())
     }
 
     /// Watches `topology`'s committed batch id (for async callers).
@@ -1109,7 +1155,7 @@ fn run_appender(
             }
             Err(e) => {
                 let reason = format!("depot append failed: {e}");
-                shared.poison.set(reason.clone());
+                shared.poison_and_wake(reason.clone());
                 let replies = accepted
                     .into_iter()
                     .map(|(request, _)| request.reply)
@@ -1163,7 +1209,21 @@ fn run_driver(shared: &Shared, topology: &TopologyState) {
         if shared.shutdown.load(Ordering::Acquire) || shared.poison.check().is_err() {
             return;
         }
-        match run_one_batch(shared, topology) {
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_one_batch(shared, topology)
+        }))
+        .unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_string());
+            Err(Error::TopologyStopped {
+                topology: topology.topology.name().to_string(),
+                reason: format!("a handler panicked: {message}"),
+            })
+        });
+        match ran {
             Ok(Some(_)) => {}
             Ok(None) => shared.input.wait_past(seen, &shared.shutdown),
             Err(e) => {
@@ -1194,18 +1254,29 @@ fn plan_batch(
     let bytes_max = shared.options.batch_bytes_max.max(1);
     let partitions = state.topology.partitions() as usize;
     let mut candidates = Vec::new();
+    let mut horizon = u64::MAX;
     for partition in 0..partitions {
         for (consumer, depot) in state.inputs.iter().enumerate() {
             let from = progress.consumed[consumer][partition];
             let head = depot.heads[partition].load(Ordering::Acquire);
             // One record past the cap tells where the cap cuts this partition.
-            let wanted = head.saturating_sub(from).min(records_max as u64 + 1) as usize;
+            let wanted = head
+                .saturating_sub(from)
+                .min((records_max as u64).saturating_add(1)) as usize;
             if wanted == 0 {
                 continue;
             }
             let stored = shared
                 .store
                 .read(depot.id, partition as u32, from, wanted, bytes_max)?;
+            // A read that stopped before the head (at a cap) leaves records unread whose seqs
+            // are above its last one; nothing later than that may be taken, or an unread record
+            // would be processed after one appended after it.
+            if from + (stored.len() as u64) < head {
+                if let Some(last) = stored.last() {
+                    horizon = horizon.min(last.seq);
+                }
+            }
             candidates.extend(stored.into_iter().filter(|r| r.seq < durable_seq).map(|r| {
                 InputRecord {
                     consumer,
@@ -1217,6 +1288,7 @@ fn plan_batch(
             }));
         }
     }
+    candidates.retain(|r| r.seq <= horizon);
     if candidates.is_empty() {
         return Ok(None);
     }
@@ -1316,7 +1388,7 @@ fn run_one_batch(shared: &Shared, state: &TopologyState) -> Result<Option<BatchS
     let commit_started = Instant::now();
     if let Err(e) = commit(shared, state.id, &record, &output.writes) {
         let reason = format!("batch {batch_id} of topology {name:?} failed to commit: {e}");
-        shared.poison.set(reason.clone());
+        shared.poison_and_wake(reason.clone());
         state.progress_changed.notify_all();
         state.commits.send_modify(|_| ());
         return Err(Error::Poisoned { reason });
@@ -1341,6 +1413,14 @@ fn run_one_batch(shared: &Shared, state: &TopologyState) -> Result<Option<BatchS
         batch_latency_us: started.elapsed().as_micros() as u64,
         commit_latency_us,
     };
+    {
+        let mut stats = lock(&state.stats);
+        stats.batches += 1;
+        stats.records += summary.records;
+        stats.writes += summary.writes;
+        stats.write_bytes += summary.write_bytes;
+        stats.commit_time_us += summary.commit_latency_us;
+    }
     tracing::debug!(
         records = summary.records,
         rounds = summary.rounds,

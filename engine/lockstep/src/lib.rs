@@ -54,7 +54,9 @@ pub mod net;
 mod snapshot;
 mod store;
 
-pub use engine::{failpoints, BatchDriving, BatchSummary, Engine, EngineBuilder, EngineOptions};
+pub use engine::{
+    failpoints, BatchDriving, BatchSummary, Engine, EngineBuilder, EngineOptions, TopologyStats,
+};
 pub use error::Error;
 
 /// `Result` with the engine's [`Error`].

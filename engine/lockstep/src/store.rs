@@ -241,7 +241,7 @@ impl DepotLog for RocksStore {
         let mut iter = self.db.raw_iterator_cf(cf);
         iter.seek_for_prev(depot_key(depot_id, partition, u64::MAX));
         let next = match iter.key() {
-            Some(key) if key[..8] == depot_key(depot_id, partition, 0)[..8] => {
+            Some(key) if key.get(..8) == Some(&depot_key(depot_id, partition, 0)[..8]) => {
                 parse_depot_offset(key, depot_id, partition)? + 1
             }
             _ => 0,

@@ -135,6 +135,17 @@ pub enum RejectReason {
     VersionConflict,
     /// `delete restrict` of a component with children.
     HasChildren,
+    /// The component would exceed [`COMPONENT_BYTES_MAX`] (its attributes grew too large).
+    TooLarge,
+}
+
+/// Largest stored component (encoded, attributes included). Commands that would exceed it are
+/// rejected, so no command can make a batch fail.
+pub const COMPONENT_BYTES_MAX: usize = 1 << 20;
+
+/// Whether `component` fits the size limit.
+pub fn fits(component: &Component) -> bool {
+    lockstep_core::encode_envelope(component, COMPONENT_BYTES_MAX).is_ok()
 }
 
 impl RejectReason {
@@ -147,6 +158,7 @@ impl RejectReason {
             RejectReason::WouldCreateCycle => "would_create_cycle",
             RejectReason::VersionConflict => "version_conflict",
             RejectReason::HasChildren => "has_children",
+            RejectReason::TooLarge => "too_large",
         }
     }
 }
@@ -208,6 +220,8 @@ enum Msg {
     },
     /// At the component's partition: delete it and its subtree (its parent is going too).
     DeleteSubtree { id: ComponentId },
+    /// At a deleted component's partition: unlist the next page of its children.
+    DeleteChildren { id: ComponentId },
 }
 
 /// Handles for the component topology's depot, PStates and topology.
@@ -222,6 +236,9 @@ pub struct Components {
     /// The topology; each command's outcome is an [`Outcome`].
     pub topology: Topology,
 }
+
+/// Rounds one command may take: its tree depth, about. Deeper trees fail their batch.
+pub const ROUNDS_MAX: u32 = 10_000_000;
 
 /// Children listed per page while deleting a subtree.
 const CHILDREN_PAGE: usize = 1024;
@@ -255,6 +272,15 @@ impl Handles {
                 if ctx.get(&self.components, &id)?.is_some() {
                     return self.reject(ctx, origin, RejectReason::AlreadyExists);
                 }
+                let probe = Component {
+                    parent: parent.clone(),
+                    attrs,
+                    version: 1,
+                };
+                if !fits(&probe) {
+                    return self.reject(ctx, origin, RejectReason::TooLarge);
+                }
+                let attrs = probe.attrs;
                 match parent {
                     None => {
                         let component = Component {
@@ -293,6 +319,9 @@ impl Handles {
                 }
                 component.attrs.extend(attrs);
                 component.version += 1;
+                if !fits(&component) {
+                    return self.reject(ctx, origin, RejectReason::TooLarge);
+                }
                 ctx.put(&self.components, &id, &component)?;
                 ctx.record_outcome(&Outcome::Applied)
             }
@@ -364,17 +393,27 @@ impl Handles {
     /// Deletes `id` and unlists its children, sending each child the same fate.
     fn delete_subtree(&self, ctx: &mut Ctx<'_, Msg>, id: &ComponentId) -> Result<(), HandlerError> {
         ctx.delete(&self.components, id)?;
-        loop {
-            // Removing as we go: each page starts at the first remaining child.
-            let page = ctx.set_members(&self.children, id, None, CHILDREN_PAGE)?;
-            if page.is_empty() {
-                return Ok(());
-            }
-            for child in page {
-                ctx.set_remove(&self.children, id, &child)?;
-                ctx.send(&child, Msg::DeleteSubtree { id: child.clone() })?;
-            }
+        self.unlist_children(ctx, id)
+    }
+
+    /// Unlists one page of `id`'s children (each told to delete its subtree) and, if more
+    /// remain, continues in the next round: a parent with a million children never floods one
+    /// round with a million messages.
+    fn unlist_children(
+        &self,
+        ctx: &mut Ctx<'_, Msg>,
+        id: &ComponentId,
+    ) -> Result<(), HandlerError> {
+        let page = ctx.set_members(&self.children, id, None, CHILDREN_PAGE)?;
+        let more = page.len() == CHILDREN_PAGE;
+        for child in page {
+            ctx.set_remove(&self.children, id, &child)?;
+            ctx.send(&child, Msg::DeleteSubtree { id: child.clone() })?;
         }
+        if more {
+            ctx.send(id, Msg::DeleteChildren { id: id.clone() })?;
+        }
+        Ok(())
     }
 
     fn message(&self, ctx: &mut Ctx<'_, Msg>, message: Msg) -> Result<(), HandlerError> {
@@ -496,6 +535,7 @@ impl Handles {
                 Ok(())
             }
             Msg::DeleteSubtree { id } => self.delete_subtree(ctx, &id),
+            Msg::DeleteChildren { id } => self.unlist_children(ctx, &id),
         }
     }
 }
@@ -515,6 +555,8 @@ pub fn components(partitions: u32) -> Result<Components, SchemaError> {
     let on_message = handles.clone();
     builder.on_message(move |ctx, message: Msg| on_message.message(ctx, message));
     builder.delivery(Delivery::Serializable);
+    // One round per tree level (cycle checks walk up, cascades walk down): allow deep trees.
+    builder.rounds_max(ROUNDS_MAX);
     Ok(Components {
         commands,
         components: handles.components,

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::invariants::ComponentsView;
-use super::{Command, Component, ComponentId, DeleteMode, Outcome, RejectReason};
+use super::{fits, Command, Component, ComponentId, DeleteMode, Outcome, RejectReason};
 
 /// Components and children, as plain maps.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -67,17 +67,20 @@ impl Model {
                 if self.components.contains_key(id) {
                     return reject(AlreadyExists);
                 }
+                let component = Component {
+                    parent: parent.clone(),
+                    attrs: attrs.clone(),
+                    version: 1,
+                };
+                if !fits(&component) {
+                    return reject(TooLarge);
+                }
                 if let Some(parent) = parent {
                     if !self.components.contains_key(parent) {
                         return reject(ParentMissing);
                     }
                     self.link(parent, id);
                 }
-                let component = Component {
-                    parent: parent.clone(),
-                    attrs: attrs.clone(),
-                    version: 1,
-                };
                 self.components.insert(id.clone(), component);
                 Outcome::Applied
             }
@@ -92,10 +95,15 @@ impl Model {
                 if if_version.is_some_and(|v| v != component.version) {
                     return reject(VersionConflict);
                 }
-                component
+                let mut updated = component.clone();
+                updated
                     .attrs
                     .extend(attrs.iter().map(|(k, v)| (k.clone(), v.clone())));
-                component.version += 1;
+                updated.version += 1;
+                if !fits(&updated) {
+                    return reject(TooLarge);
+                }
+                *component = updated;
                 Outcome::Applied
             }
             Command::Reparent {

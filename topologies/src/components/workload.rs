@@ -36,6 +36,8 @@ pub struct Workload {
     client: u64,
     hot_ids: u64,
     created: u64,
+    /// Hot ids are `{hot_prefix}{n}`: shared by every client, or this client's own.
+    hot_prefix: String,
     /// Ids this client saw created and not deleted (bounded): alive, unless another client or
     /// a cascade removed them since.
     alive: Vec<ComponentId>,
@@ -48,17 +50,29 @@ impl Workload {
     /// The workload of client `client`, sharing `hot_ids` hot components with every other
     /// client, seeded by `seed`.
     pub fn new(seed: u64, client: u64, hot_ids: u64) -> Self {
+        Self::with_hot_prefix(seed, client, hot_ids, "h".to_string())
+    }
+
+    /// Like [`new`](Self::new), but the hot ids are this client's own: no two clients ever
+    /// touch the same component, so the final state does not depend on how clients interleave
+    /// (conflicts still arise within each client's own stream). For comparing systems.
+    pub fn isolated(seed: u64, client: u64, hot_ids: u64) -> Self {
+        Self::with_hot_prefix(seed, client, hot_ids, format!("h{client}-"))
+    }
+
+    fn with_hot_prefix(seed: u64, client: u64, hot_ids: u64, hot_prefix: String) -> Self {
         Self {
             rng: SplitMix64(seed ^ client.wrapping_mul(0xA24B_AED4_963E_E407)),
             client,
             hot_ids: hot_ids.max(1),
+            hot_prefix,
             created: 0,
             alive: Vec::new(),
         }
     }
 
     fn hot(&mut self) -> ComponentId {
-        format!("h{}", self.rng.below(self.hot_ids))
+        format!("{}{}", self.hot_prefix, self.rng.below(self.hot_ids))
     }
 
     fn fresh(&mut self) -> ComponentId {
