@@ -1,0 +1,1014 @@
+//! The component workload on Lockstep (embedded and over the network), on PostgreSQL (one
+//! transaction per command, and batched), and the raw RocksDB ceiling, side by side in one run.
+//!
+//! Every client works in its own id namespace (with its own hot ids, so its stream still has a
+//! realistic share of conflicts), which makes the final state independent of how clients
+//! interleave: every system must end in the sequential model's state, checked by digest.
+
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as Process, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use clap::Parser;
+use lockstep::net::{Client, ClientConfig, Server, ServerConfig};
+use lockstep::{Engine, EngineOptions};
+use lockstep_topologies::components::model::Model;
+use lockstep_topologies::components::workload::Workload;
+use lockstep_topologies::components::{
+    components, read_view, Command, Component, Components, DeleteMode, Outcome, RejectReason,
+    TOPOLOGY,
+};
+use rocksdb::{WriteBatch, WriteOptions, DB};
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Concurrent clients (connections) for every system.
+    #[arg(long, default_value_t = 8)]
+    clients: usize,
+    /// Commands in all, split evenly over the clients.
+    #[arg(long, default_value_t = 40_000)]
+    commands: usize,
+    /// Throughput runs per system; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Lockstep partitions.
+    #[arg(long, default_value_t = 8)]
+    partitions: u32,
+    /// Hot ids per client (fewer: more conflicts).
+    #[arg(long, default_value_t = 20)]
+    hot_ids: u64,
+    /// Commands per append call (Lockstep) and per transaction (PostgreSQL batched).
+    #[arg(long, default_value_t = 100)]
+    chunk: usize,
+    /// Seconds of the latency run at half of each system's peak.
+    #[arg(long, default_value_t = 3.0)]
+    latency_seconds: f64,
+    /// Workload seed.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Leave PostgreSQL out.
+    #[arg(long)]
+    skip_postgres: bool,
+}
+
+// ---- workload and digest ----
+
+struct Workloads {
+    per_client: Vec<Vec<Command>>,
+    digest: u64,
+    applied: usize,
+}
+
+fn workloads(args: &Args) -> Workloads {
+    let mut model = Model::new();
+    let per = args.commands / args.clients;
+    let mut applied = 0;
+    let per_client = (0..args.clients as u64)
+        .map(|client| {
+            let mut workload = Workload::isolated(args.seed, client, args.hot_ids);
+            (0..per)
+                .map(|_| {
+                    let command = workload.next_command();
+                    let outcome = model.apply(&command);
+                    applied += usize::from(outcome == Outcome::Applied);
+                    workload.observe(&command, outcome);
+                    command
+                })
+                .collect()
+        })
+        .collect();
+    Workloads {
+        per_client,
+        digest: digest(&model.components),
+        applied,
+    }
+}
+
+fn digest(components: &BTreeMap<String, Component>) -> u64 {
+    // SipHash with fixed keys: stable within this binary, which is all a side-by-side needs.
+    #[allow(deprecated)]
+    let mut hasher = std::hash::SipHasher::new();
+    for (id, c) in components {
+        (id, &c.parent, &c.attrs, c.version).hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
+// ---- measurements ----
+
+#[derive(Debug, Default, Clone)]
+struct Measured {
+    commands_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    rss_peak_mib: f64,
+    disk_mib: f64,
+    digest_ok: bool,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn percentile_ms(sorted_us: &[u64], q: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    sorted_us[((sorted_us.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0
+}
+
+fn disk_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&path) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            match entry.metadata() {
+                Ok(m) if m.is_dir() => stack.push(entry.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+fn status_kib(pid: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Resets this process's peak RSS so the next run's peak is its own.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+fn peak_rss_mib() -> f64 {
+    status_kib("self", "VmHWM:") as f64 / 1024.0
+}
+
+/// Runs `per_client` closures on threads, one per client; returns elapsed seconds.
+fn run_clients<F>(clients: usize, f: F) -> anyhow::Result<f64>
+where
+    F: Fn(usize) -> anyhow::Result<()> + Sync,
+{
+    let started = Instant::now();
+    let results: Vec<anyhow::Result<()>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..clients)
+            .map(|c| {
+                let f = &f;
+                scope.spawn(move || f(c))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("client panicked")))
+            })
+            .collect()
+    });
+    for result in results {
+        result?;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Open-loop latency: each client sends one command per period, on schedule, and each latency
+/// is measured from the scheduled send time (so a stall is not hidden by sending later).
+fn latency_run<F>(
+    clients: usize,
+    rate_per_s: f64,
+    seconds: f64,
+    send: F,
+) -> anyhow::Result<Vec<u64>>
+where
+    F: Fn(usize, usize) -> anyhow::Result<()> + Sync,
+{
+    let period = Duration::from_secs_f64(clients as f64 / rate_per_s.max(1.0));
+    let per_client = ((seconds * rate_per_s) as usize / clients).max(1);
+    let latencies = std::sync::Mutex::new(Vec::new());
+    run_clients(clients, |c| {
+        let start = Instant::now() + period.mul_f64(c as f64 / clients as f64);
+        let mut mine = Vec::with_capacity(per_client);
+        for i in 0..per_client {
+            let scheduled = start + period * i as u32;
+            if let Some(wait) = scheduled.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            send(c, i)?;
+            mine.push(scheduled.elapsed().as_micros() as u64);
+        }
+        latencies
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .extend(mine);
+        Ok(())
+    })?;
+    let mut all = latencies
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?;
+    all.sort_unstable();
+    Ok(all)
+}
+
+/// Open-loop latency for a pipelined system: a submitter per client appends the commands that
+/// are due (on a fixed schedule at `rate_per_s` in all) every tick, as one call, and a waiter
+/// per client waits for each to become visible. Latency runs from a command's scheduled time
+/// to its visibility, so queueing behind a slow batch counts.
+fn pipelined_latency_run<S, W>(
+    clients: usize,
+    rate_per_s: f64,
+    seconds: f64,
+    submit: S,
+    wait: W,
+) -> anyhow::Result<Vec<u64>>
+where
+    S: Fn(usize, std::ops::Range<usize>) -> anyhow::Result<Vec<lockstep::RecordId>> + Sync,
+    W: Fn(usize, lockstep::RecordId) -> anyhow::Result<()> + Sync,
+{
+    let per_client = ((seconds * rate_per_s) as usize / clients).max(1);
+    let period = Duration::from_secs_f64(clients as f64 / rate_per_s.max(1.0));
+    let tick = Duration::from_millis(1);
+    let latencies = std::sync::Mutex::new(Vec::new());
+    run_clients(clients, |c| {
+        // Each submitted group goes to the waiter whole: a client's records are processed in
+        // append order, so once the group's last record is visible, all of it is.
+        let (tx, rx) = std::sync::mpsc::channel::<(lockstep::RecordId, Vec<Instant>)>();
+        std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| -> anyhow::Result<Vec<u64>> {
+                let mut mine = Vec::with_capacity(per_client);
+                for (last, scheduled) in rx {
+                    wait(c, last)?;
+                    mine.extend(scheduled.iter().map(|t| t.elapsed().as_micros() as u64));
+                }
+                Ok(mine)
+            });
+            let start = Instant::now();
+            let mut sent = 0;
+            while sent < per_client {
+                let due = ((start.elapsed().as_secs_f64() / period.as_secs_f64()) as usize + 1)
+                    .min(per_client);
+                if due > sent {
+                    let ids = submit(c, sent..due)?;
+                    let scheduled = (sent..due).map(|k| start + period * k as u32).collect();
+                    if let Some(last) = ids.last() {
+                        tx.send((*last, scheduled))
+                            .map_err(|_| anyhow::anyhow!("waiter gone"))?;
+                    }
+                    sent = due;
+                } else {
+                    std::thread::sleep(tick);
+                }
+            }
+            drop(tx);
+            let mine = waiter
+                .join()
+                .map_err(|_| anyhow::anyhow!("waiter panicked"))??;
+            latencies
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?
+                .extend(mine);
+            anyhow::Ok(())
+        })
+    })?;
+    let mut all = latencies
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?;
+    all.sort_unstable();
+    Ok(all)
+}
+
+// ---- Lockstep ----
+
+fn open_lockstep(dir: &Path, partitions: u32) -> anyhow::Result<(Arc<Engine>, Components)> {
+    let handles = components(partitions)?;
+    let engine = Engine::builder(dir)
+        .options(EngineOptions::default())
+        .depot(&handles.commands)
+        .topology(handles.topology.clone())
+        .open()?;
+    Ok((Arc::new(engine), handles))
+}
+
+fn lockstep_digest(engine: &Engine, handles: &Components) -> anyhow::Result<u64> {
+    let snapshot = engine.snapshot()?;
+    Ok(digest(&read_view(&snapshot, handles)?.components))
+}
+
+struct EmbeddedRun {
+    seconds: f64,
+    digest: u64,
+    rss_mib: f64,
+    disk_mib: f64,
+    stats: lockstep::TopologyStats,
+}
+
+fn lockstep_embedded(args: &Args, work: &Workloads) -> anyhow::Result<EmbeddedRun> {
+    let dir = tempfile::tempdir()?;
+    reset_peak_rss();
+    let (engine, handles) = open_lockstep(dir.path(), args.partitions)?;
+    let seconds = run_clients(args.clients, |c| {
+        let mut last = None;
+        // Appends of one client are processed in append order: no need to wait in between.
+        for chunk in work.per_client[c].chunks(args.chunk) {
+            last = engine
+                .append_many(&handles.commands, chunk)?
+                .last()
+                .copied()
+                .or(last);
+        }
+        if let Some(last) = last {
+            engine.wait_for(TOPOLOGY, last, Duration::from_secs(600))?;
+        }
+        Ok(())
+    })?;
+    let rss_mib = peak_rss_mib();
+    let result = EmbeddedRun {
+        seconds,
+        digest: lockstep_digest(&engine, &handles)?,
+        rss_mib,
+        disk_mib: disk_bytes(dir.path()) as f64 / (1 << 20) as f64,
+        stats: engine.stats(TOPOLOGY)?,
+    };
+    Ok(result)
+}
+
+fn lockstep_embedded_latency(args: &Args, work: &Workloads, rate: f64) -> anyhow::Result<Vec<u64>> {
+    let dir = tempfile::tempdir()?;
+    let (engine, handles) = open_lockstep(dir.path(), args.partitions)?;
+    pipelined_latency_run(
+        args.clients,
+        rate,
+        args.latency_seconds,
+        |c, range| {
+            let commands = &work.per_client[c];
+            let due: Vec<Command> = range
+                .map(|i| commands[i % commands.len()].clone())
+                .collect();
+            Ok(engine.append_many(&handles.commands, &due)?)
+        },
+        |_, id| {
+            engine.wait_for(TOPOLOGY, id, Duration::from_secs(60))?;
+            Ok(())
+        },
+    )
+}
+
+async fn network_clients(args: &Args, address: &str) -> anyhow::Result<Vec<Client>> {
+    let mut clients = Vec::new();
+    for _ in 0..args.clients {
+        let mut config = ClientConfig::default();
+        config.retry_for = Duration::from_secs(10);
+        clients.push(Client::connect(address, config).await?);
+    }
+    Ok(clients)
+}
+
+fn lockstep_network(args: &Args, work: &Workloads) -> anyhow::Result<(f64, u64)> {
+    let dir = tempfile::tempdir()?;
+    let (engine, handles) = open_lockstep(dir.path(), args.partitions)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let seconds = runtime.block_on(async {
+        let mut config = ServerConfig::default();
+        config.listen = ([127, 0, 0, 1], 0).into();
+        let server = Server::bind(engine.clone(), config).await?;
+        let address = server.local_addr()?.to_string();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        let clients = network_clients(args, &address).await?;
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for (c, mut client) in clients.into_iter().enumerate() {
+            let commands = work.per_client[c].clone();
+            let depot = handles.commands.clone();
+            let chunk = args.chunk;
+            tasks.spawn(async move {
+                let mut last = None;
+                for piece in commands.chunks(chunk) {
+                    last = client.append(&depot, piece).await?.last().copied().or(last);
+                }
+                if let Some(last) = last {
+                    client
+                        .wait_for(TOPOLOGY, last, Duration::from_secs(600))
+                        .await?;
+                }
+                anyhow::Ok(())
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            joined??;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let _ = stop.send(());
+        serving.await??;
+        anyhow::Ok(seconds)
+    })?;
+    Ok((seconds, lockstep_digest(&engine, &handles)?))
+}
+
+fn lockstep_network_latency(args: &Args, work: &Workloads, rate: f64) -> anyhow::Result<Vec<u64>> {
+    let dir = tempfile::tempdir()?;
+    let (engine, handles) = open_lockstep(dir.path(), args.partitions)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let (address, stop, serving) = runtime.block_on(async {
+        let mut config = ServerConfig::default();
+        config.listen = ([127, 0, 0, 1], 0).into();
+        let server = Server::bind(engine.clone(), config).await?;
+        let address = server.local_addr()?.to_string();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        anyhow::Ok((address, stop, serving))
+    })?;
+    // One connection to append on and one to wait on, per client.
+    let appenders: Vec<std::sync::Mutex<Client>> = runtime
+        .block_on(network_clients(args, &address))?
+        .into_iter()
+        .map(std::sync::Mutex::new)
+        .collect();
+    let waiters: Vec<std::sync::Mutex<Client>> = runtime
+        .block_on(network_clients(args, &address))?
+        .into_iter()
+        .map(std::sync::Mutex::new)
+        .collect();
+    let handle = runtime.handle().clone();
+    let latencies = pipelined_latency_run(
+        args.clients,
+        rate,
+        args.latency_seconds,
+        |c, range| {
+            let commands = &work.per_client[c];
+            let due: Vec<Command> = range
+                .map(|i| commands[i % commands.len()].clone())
+                .collect();
+            let mut client = appenders[c]
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?;
+            Ok(handle.block_on(client.append(&handles.commands, &due))?)
+        },
+        |c, id| {
+            let mut client = waiters[c].lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            handle.block_on(client.wait_for(TOPOLOGY, id, Duration::from_secs(60)))?;
+            Ok(())
+        },
+    )?;
+    let _ = stop.send(());
+    runtime.block_on(serving)??;
+    Ok(latencies)
+}
+
+/// The ceiling: raw synced `WriteBatch`es of the same number and total bytes as Lockstep's
+/// commits in the embedded run.
+fn ceiling(stats: &lockstep::TopologyStats) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let db = DB::open_default(dir.path())?;
+    let mut sync = WriteOptions::default();
+    sync.set_sync(true);
+    let batches = stats.batches.max(1);
+    let entries_per_batch = (stats.writes / batches).max(1);
+    let entry_bytes = (stats.write_bytes / stats.writes.max(1)) as usize;
+    let value = vec![1u8; entry_bytes.saturating_sub(16)];
+    let started = Instant::now();
+    let mut n = 0u64;
+    for _ in 0..batches {
+        let mut keys: Vec<[u8; 16]> = (0..entries_per_batch)
+            .map(|i| {
+                let mut key = [0u8; 16];
+                key[..8]
+                    .copy_from_slice(&(n + i).wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes());
+                key
+            })
+            .collect();
+        n += entries_per_batch;
+        keys.sort_unstable();
+        let mut wb = WriteBatch::default();
+        for key in &keys {
+            wb.put(key, &value);
+        }
+        db.write_opt(wb, &sync)?;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+// ---- PostgreSQL ----
+
+struct Postgres {
+    dir: tempfile::TempDir,
+    child: Child,
+    port: u16,
+}
+
+fn pg_bin() -> anyhow::Result<PathBuf> {
+    let find = || -> Option<PathBuf> {
+        let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .flatten()
+            .map(|e| e.path().join("bin"))
+            .filter(|p| p.join("postgres").exists())
+            .collect();
+        versions.sort();
+        versions.pop()
+    };
+    if let Some(bin) = find() {
+        return Ok(bin);
+    }
+    eprintln!("installing PostgreSQL with apt-get ...");
+    let status = Process::new("sh")
+        .args(["-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null"])
+        .status()?;
+    ensure!(status.success(), "apt-get install postgresql failed");
+    find().context("postgresql installed but no server binary found")
+}
+
+impl Postgres {
+    fn start() -> anyhow::Result<Self> {
+        let bin = pg_bin()?;
+        let dir = tempfile::tempdir()?;
+        let data = dir.path().join("pgdata");
+        // PostgreSQL refuses to run as root: run it as the `postgres` user the package made.
+        let as_postgres = |program: &Path| {
+            let mut command = Process::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(program);
+            command
+        };
+        Process::new("chown")
+            .args(["-R", "postgres"])
+            .arg(dir.path())
+            .status()?;
+        let status = as_postgres(&bin.join("initdb"))
+            .args(["-D"])
+            .arg(&data)
+            .args(["-U", "bench", "--auth=trust", "-E", "UTF8"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        ensure!(status.success(), "initdb failed");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = as_postgres(&bin.join("postgres"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-k"])
+            .arg(dir.path())
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=on",
+                "-c",
+                "synchronous_commit=on",
+                "-c",
+                "shared_buffers=256MB",
+                "-c",
+                "max_connections=64",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let pg = Self { dir, child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match pg.connect() {
+                Ok(_) => return Ok(pg),
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
+                Err(e) => return Err(e.context("postgres did not start")),
+            }
+        }
+    }
+
+    fn connect(&self) -> anyhow::Result<postgres::Client> {
+        Ok(postgres::Client::connect(
+            &format!(
+                "host=127.0.0.1 port={} user=bench dbname=postgres",
+                self.port
+            ),
+            postgres::NoTls,
+        )?)
+    }
+
+    fn reset(&self) -> anyhow::Result<()> {
+        let mut client = self.connect()?;
+        client.batch_execute(
+            "DROP TABLE IF EXISTS components;
+             CREATE TABLE components (
+                 id text PRIMARY KEY,
+                 parent text REFERENCES components(id) ON DELETE CASCADE,
+                 attrs jsonb NOT NULL,
+                 version bigint NOT NULL CHECK (version >= 1));
+             CREATE INDEX components_parent ON components(parent);
+             CHECKPOINT;",
+        )?;
+        Ok(())
+    }
+
+    fn digest(&self) -> anyhow::Result<u64> {
+        let mut client = self.connect()?;
+        let mut components = BTreeMap::new();
+        for row in client.query(
+            "SELECT id, parent, attrs::text, version FROM components",
+            &[],
+        )? {
+            let attrs: String = row.get(2);
+            let version: i64 = row.get(3);
+            components.insert(
+                row.get::<_, String>(0),
+                Component {
+                    parent: row.get(1),
+                    attrs: serde_json::from_str(&attrs)?,
+                    version: version as u64,
+                },
+            );
+        }
+        Ok(digest(&components))
+    }
+
+    /// The postmaster's pid, from its pid file.
+    fn postmaster_pid(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.dir.path().join("pgdata/postmaster.pid")).ok()?;
+        text.lines().next().map(|l| l.trim().to_string())
+    }
+
+    /// Sum of the server processes' resident memory.
+    fn rss_mib(&self) -> f64 {
+        let Some(root) = self.postmaster_pid() else {
+            return 0.0;
+        };
+        let mut total = status_kib(&root, "VmRSS:");
+        // Every process whose parent is the postmaster is one of its backends or workers.
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stat = std::fs::read_to_string(format!("/proc/{name}/stat")).unwrap_or_default();
+            // Field 4 of stat is the parent pid (after the parenthesized command name).
+            let parent = stat
+                .rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().nth(1));
+            if parent == Some(root.as_str()) {
+                total += status_kib(&name, "VmRSS:");
+            }
+        }
+        total as f64 / 1024.0
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // SIGINT to the postmaster (not to `runuser`, which does not forward it): fast shutdown.
+        match self.postmaster_pid() {
+            Some(pid) => {
+                let _ = Process::new("kill").args(["-INT", &pid]).status();
+            }
+            None => {
+                let _ = self.child.kill();
+            }
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Applies one command inside `tx` with the same semantics as the model; the foreign key keeps
+/// integrity, the statements decide the outcome.
+fn pg_apply(tx: &mut postgres::Transaction<'_>, command: &Command) -> anyhow::Result<Outcome> {
+    use RejectReason::*;
+    let exists = |tx: &mut postgres::Transaction<'_>, id: &str| -> anyhow::Result<bool> {
+        Ok(!tx
+            .query("SELECT 1 FROM components WHERE id = $1", &[&id])?
+            .is_empty())
+    };
+    Ok(match command {
+        Command::Create { id, parent, attrs } => {
+            if exists(tx, id)? {
+                Outcome::Rejected(AlreadyExists)
+            } else if parent.as_ref().is_some_and(|p| p == id) {
+                Outcome::Rejected(ParentMissing)
+            } else if let Some(p) = parent.as_ref().filter(|p| !exists(tx, p).unwrap_or(false)) {
+                let _ = p;
+                Outcome::Rejected(ParentMissing)
+            } else {
+                tx.execute(
+                    "INSERT INTO components (id, parent, attrs, version) VALUES ($1, $2, ($3::text)::jsonb, 1)",
+                    &[id, parent, &serde_json::to_string(attrs)?],
+                )?;
+                Outcome::Applied
+            }
+        }
+        Command::Update {
+            id,
+            attrs,
+            if_version,
+        } => {
+            let expected = if_version.map(|v| v as i64);
+            let updated = tx.execute(
+                "UPDATE components SET attrs = attrs || ($2::text)::jsonb, version = version + 1
+                 WHERE id = $1 AND ($3::bigint IS NULL OR version = $3)",
+                &[id, &serde_json::to_string(attrs)?, &expected],
+            )?;
+            if updated == 1 {
+                Outcome::Applied
+            } else if exists(tx, id)? {
+                Outcome::Rejected(VersionConflict)
+            } else {
+                Outcome::Rejected(NotFound)
+            }
+        }
+        Command::Reparent {
+            id,
+            parent,
+            if_version,
+        } => {
+            let rows = tx.query(
+                "SELECT parent, version FROM components WHERE id = $1 FOR UPDATE",
+                &[id],
+            )?;
+            let Some(row) = rows.first() else {
+                return Ok(Outcome::Rejected(NotFound));
+            };
+            let current: Option<String> = row.get(0);
+            let version: i64 = row.get(1);
+            if if_version.is_some_and(|v| v as i64 != version) {
+                return Ok(Outcome::Rejected(VersionConflict));
+            }
+            if let Some(new_parent) = parent {
+                if new_parent == id {
+                    return Ok(Outcome::Rejected(WouldCreateCycle));
+                }
+                if current.as_ref() != Some(new_parent) {
+                    if !exists(tx, new_parent)? {
+                        return Ok(Outcome::Rejected(ParentMissing));
+                    }
+                    let cycle = tx.query(
+                        "WITH RECURSIVE up(id, parent) AS (
+                             SELECT id, parent FROM components WHERE id = $1
+                             UNION ALL
+                             SELECT c.id, c.parent FROM components c JOIN up ON c.id = up.parent)
+                         SELECT 1 FROM up WHERE id = $2 LIMIT 1",
+                        &[new_parent, id],
+                    )?;
+                    if !cycle.is_empty() {
+                        return Ok(Outcome::Rejected(WouldCreateCycle));
+                    }
+                }
+            }
+            tx.execute(
+                "UPDATE components SET parent = $2, version = version + 1 WHERE id = $1",
+                &[id, parent],
+            )?;
+            Outcome::Applied
+        }
+        Command::Delete { id, mode } => {
+            if !exists(tx, id)? {
+                Outcome::Rejected(NotFound)
+            } else if *mode == DeleteMode::Restrict
+                && !tx
+                    .query("SELECT 1 FROM components WHERE parent = $1 LIMIT 1", &[id])?
+                    .is_empty()
+            {
+                Outcome::Rejected(HasChildren)
+            } else {
+                // ON DELETE CASCADE removes the subtree.
+                tx.execute("DELETE FROM components WHERE id = $1", &[id])?;
+                Outcome::Applied
+            }
+        }
+    })
+}
+
+fn postgres_run(
+    pg: &Postgres,
+    args: &Args,
+    work: &Workloads,
+    per_tx: usize,
+) -> anyhow::Result<(f64, f64)> {
+    pg.reset()?;
+    let sampling = AtomicBool::new(true);
+    let peak_kib = AtomicU64::new(0);
+    let seconds = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while sampling.load(Ordering::Relaxed) {
+                peak_kib.fetch_max((pg.rss_mib() * 1024.0) as u64, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let result = run_clients(args.clients, |c| {
+            let mut client = pg.connect()?;
+            for group in work.per_client[c].chunks(per_tx) {
+                let mut tx = client.transaction()?;
+                for command in group {
+                    pg_apply(&mut tx, command)?;
+                }
+                tx.commit()?;
+            }
+            Ok(())
+        });
+        sampling.store(false, Ordering::Relaxed);
+        result
+    })?;
+    Ok((seconds, peak_kib.load(Ordering::Relaxed) as f64 / 1024.0))
+}
+
+fn postgres_latency(
+    pg: &Postgres,
+    args: &Args,
+    work: &Workloads,
+    rate: f64,
+) -> anyhow::Result<Vec<u64>> {
+    pg.reset()?;
+    let connections: Vec<std::sync::Mutex<postgres::Client>> = (0..args.clients)
+        .map(|_| pg.connect().map(std::sync::Mutex::new))
+        .collect::<Result<_, _>>()?;
+    latency_run(args.clients, rate, args.latency_seconds, |c, i| {
+        let Some(command) = work.per_client[c].get(i % work.per_client[c].len()) else {
+            return Ok(());
+        };
+        let mut client = connections[c]
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let mut tx = client.transaction()?;
+        pg_apply(&mut tx, command)?;
+        tx.commit()?;
+        Ok(())
+    })
+}
+
+// ---- main ----
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    ensure!(
+        args.clients > 0 && args.runs > 0 && args.chunk > 0,
+        "--clients, --runs and --chunk must be at least 1"
+    );
+    ensure!(
+        args.commands >= args.clients,
+        "--commands must be at least --clients"
+    );
+    let work = workloads(&args);
+    let total = work.per_client.iter().map(Vec::len).sum::<usize>() as f64;
+    println!(
+        "components-bench: {} commands from {} clients ({:.0}% applied, the rest conflicts), {} runs, medians; {} cores",
+        total,
+        args.clients,
+        100.0 * work.applied as f64 / total,
+        args.runs,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    let mut rows: Vec<(&str, Measured)> = Vec::new();
+
+    // Lockstep embedded, and the ceiling replaying its commits.
+    let mut rates = Vec::new();
+    let mut ceiling_rates = Vec::new();
+    let mut embedded = Measured {
+        digest_ok: true,
+        ..Measured::default()
+    };
+    for _ in 0..args.runs {
+        let run = lockstep_embedded(&args, &work)?;
+        embedded.digest_ok &= run.digest == work.digest;
+        rates.push(total / run.seconds);
+        ceiling_rates.push(total / ceiling(&run.stats)?);
+        embedded.rss_peak_mib = embedded.rss_peak_mib.max(run.rss_mib);
+        embedded.disk_mib = run.disk_mib;
+    }
+    embedded.commands_per_s = median(rates);
+    let latencies = lockstep_embedded_latency(&args, &work, embedded.commands_per_s / 2.0)?;
+    embedded.p50_ms = percentile_ms(&latencies, 0.5);
+    embedded.p99_ms = percentile_ms(&latencies, 0.99);
+    rows.push(("lockstep embedded", embedded.clone()));
+
+    let mut network = Measured {
+        digest_ok: true,
+        ..Measured::default()
+    };
+    let mut rates = Vec::new();
+    for _ in 0..args.runs {
+        let (seconds, digest) = lockstep_network(&args, &work)?;
+        network.digest_ok &= digest == work.digest;
+        rates.push(total / seconds);
+    }
+    network.commands_per_s = median(rates);
+    let latencies = lockstep_network_latency(&args, &work, network.commands_per_s / 2.0)?;
+    network.p50_ms = percentile_ms(&latencies, 0.5);
+    network.p99_ms = percentile_ms(&latencies, 0.99);
+    network.rss_peak_mib = f64::NAN;
+    network.disk_mib = embedded.disk_mib;
+    rows.push(("lockstep network", network));
+
+    let mut pg_single_rate = None;
+    if !args.skip_postgres {
+        let pg = Postgres::start()?;
+        for (label, per_tx) in [
+            ("postgres 1 cmd/tx", 1usize),
+            ("postgres batched", args.chunk),
+        ] {
+            let mut measured = Measured {
+                digest_ok: true,
+                ..Measured::default()
+            };
+            let mut rates = Vec::new();
+            for _ in 0..args.runs {
+                let (seconds, rss) = postgres_run(&pg, &args, &work, per_tx)?;
+                measured.digest_ok &= pg.digest()? == work.digest;
+                measured.rss_peak_mib = measured.rss_peak_mib.max(rss);
+                rates.push(total / seconds);
+            }
+            measured.commands_per_s = median(rates);
+            measured.disk_mib = disk_bytes(&pg.dir.path().join("pgdata")) as f64 / (1 << 20) as f64;
+            if per_tx == 1 {
+                let latencies = postgres_latency(&pg, &args, &work, measured.commands_per_s / 2.0)?;
+                measured.p50_ms = percentile_ms(&latencies, 0.5);
+                measured.p99_ms = percentile_ms(&latencies, 0.99);
+                pg_single_rate = Some(measured.commands_per_s);
+            } else {
+                measured.p50_ms = f64::NAN;
+                measured.p99_ms = f64::NAN;
+            }
+            rows.push((label, measured));
+        }
+    }
+    let ceiling_rate = median(ceiling_rates);
+    rows.push((
+        "raw rocksdb ceiling",
+        Measured {
+            commands_per_s: ceiling_rate,
+            p50_ms: f64::NAN,
+            p99_ms: f64::NAN,
+            rss_peak_mib: f64::NAN,
+            disk_mib: f64::NAN,
+            digest_ok: true,
+        },
+    ));
+
+    println!();
+    println!(
+        "{:<22} {:>12} {:>9} {:>9} {:>10} {:>9} {:>7}",
+        "system", "commands/s", "p50 ms", "p99 ms", "peak RSS", "disk MiB", "state"
+    );
+    for (label, m) in &rows {
+        let show = |v: f64, digits: usize| {
+            if v.is_nan() {
+                "-".to_string()
+            } else {
+                format!("{v:.digits$}")
+            }
+        };
+        println!(
+            "{:<22} {:>12.0} {:>9} {:>9} {:>10} {:>9} {:>7}",
+            label,
+            m.commands_per_s,
+            show(m.p50_ms, 1),
+            show(m.p99_ms, 1),
+            show(m.rss_peak_mib, 0),
+            show(m.disk_mib, 1),
+            if m.digest_ok { "same" } else { "DIFFERS" }
+        );
+    }
+    println!();
+    println!("latency: append to outcome visible (PostgreSQL: to commit), open loop at half of each system's peak");
+    if let Some(pg) = pg_single_rate {
+        println!(
+            "lockstep embedded / postgres 1 cmd/tx: {:.1}x",
+            embedded.commands_per_s / pg
+        );
+    }
+    if let Some((_, batched)) = rows.iter().find(|(l, _)| *l == "postgres batched") {
+        println!(
+            "lockstep embedded / postgres batched:  {:.1}x",
+            embedded.commands_per_s / batched.commands_per_s
+        );
+    }
+    println!(
+        "lockstep embedded / raw rocksdb ceiling: {:.0}%",
+        100.0 * embedded.commands_per_s / ceiling_rate
+    );
+    if rows.iter().any(|(_, m)| !m.digest_ok) {
+        bail!("a system ended in a different state than the sequential model");
+    }
+    Ok(())
+}
