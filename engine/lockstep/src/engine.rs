@@ -738,13 +738,7 @@ impl Engine {
             .position(|d| d.id == record.depot_id)
             .ok_or_else(|| Error::UnknownDepot(format!("id {}", record.depot_id)))?;
         let progress = lock(&state.progress);
-        let consumed = progress
-            .consumed
-            .get(input)
-            .and_then(|partitions| partitions.get(record.partition as usize))
-            .copied()
-            .ok_or_else(|| Error::UnknownDepot(format!("partition {}", record.partition)))?;
-        if consumed > record.offset {
+        if consumed_past(&progress, input, record)? {
             return Ok(Some(progress.record.batch_id));
         }
         if let Some(reason) = &progress.stopped {
@@ -840,13 +834,7 @@ impl Engine {
         let deadline = Instant::now().checked_add(timeout);
         let mut progress = lock(&state.progress);
         loop {
-            let consumed = progress
-                .consumed
-                .get(input)
-                .and_then(|partitions| partitions.get(record.partition as usize))
-                .copied()
-                .ok_or_else(|| Error::UnknownDepot(format!("partition {}", record.partition)))?;
-            if consumed > record.offset {
+            if consumed_past(&progress, input, record)? {
                 return Ok(progress.record.batch_id);
             }
             if let Some(reason) = &progress.stopped {
@@ -977,6 +965,17 @@ impl Drop for Engine {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Whether `progress` has consumed `record` (of the topology's input `input`).
+fn consumed_past(progress: &Progress, input: usize, record: RecordId) -> Result<bool, Error> {
+    let consumed = progress
+        .consumed
+        .get(input)
+        .and_then(|partitions| partitions.get(record.partition as usize))
+        .copied()
+        .ok_or_else(|| Error::UnknownDepot(format!("partition {}", record.partition)))?;
+    Ok(consumed > record.offset)
 }
 
 fn spawn<F: FnOnce() + Send + 'static>(name: &str, f: F) -> Result<JoinHandle<()>, Error> {

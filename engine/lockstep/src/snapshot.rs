@@ -45,6 +45,24 @@ impl<'e> Snapshot<'e> {
         Self { shared, state }
     }
 
+    /// Scans `partitions` partitions, each over the range `range` gives it, and merges them in
+    /// key order: encoded keys sort as the keys do, so sorting past the partition prefix does.
+    fn scan_partitions(
+        &self,
+        partitions: u32,
+        limit: usize,
+        range: impl Fn(u32) -> Result<(Vec<u8>, Vec<u8>), Error>,
+    ) -> Result<Vec<lockstep_core::store::Entry>, Error> {
+        let mut merged = Vec::new();
+        for partition in 0..partitions {
+            let (start, end) = range(partition)?;
+            merged.extend(self.state.scan(&start, &end, limit)?);
+        }
+        merged.sort_by(|a, b| a.0[PARTITION_PREFIX_BYTES..].cmp(&b.0[PARTITION_PREFIX_BYTES..]));
+        merged.truncate(limit);
+        Ok(merged)
+    }
+
     /// The batch of `topology` this snapshot sees (0 before the first commit).
     pub fn batch_id(&self, topology: &str) -> Result<u64, Error> {
         let state = self.shared.topology(topology)?;
@@ -84,15 +102,9 @@ impl<'e> Snapshot<'e> {
         V: DeserializeOwned,
     {
         let id = self.shared.pstate_id(pstate.spec())?;
-        let mut merged = Vec::new();
-        for partition in 0..pstate.spec().partitions {
-            let (start, end) = key_range(id, partition, from, to)?;
-            merged.extend(self.state.scan(&start, &end, limit)?);
-        }
-        // Encoded keys sort as the keys do, so sorting past the partition prefix merges the
-        // partitions in key order.
-        merged.sort_by(|a, b| a.0[PARTITION_PREFIX_BYTES..].cmp(&b.0[PARTITION_PREFIX_BYTES..]));
-        merged.truncate(limit);
+        let merged = self.scan_partitions(pstate.spec().partitions, limit, |partition| {
+            Ok(key_range(id, partition, from, to)?)
+        })?;
         Ok(decode_map_entries(&merged)?)
     }
 
@@ -110,13 +122,9 @@ impl<'e> Snapshot<'e> {
         P: Serialize + ?Sized,
     {
         let id = self.shared.pstate_id(pstate.spec())?;
-        let mut merged = Vec::new();
-        for partition in 0..pstate.spec().partitions {
-            let (start, end) = prefix_key_range(id, partition, prefix)?;
-            merged.extend(self.state.scan(&start, &end, limit)?);
-        }
-        merged.sort_by(|a, b| a.0[PARTITION_PREFIX_BYTES..].cmp(&b.0[PARTITION_PREFIX_BYTES..]));
-        merged.truncate(limit);
+        let merged = self.scan_partitions(pstate.spec().partitions, limit, |partition| {
+            Ok(prefix_key_range(id, partition, prefix)?)
+        })?;
         Ok(decode_map_entries(&merged)?)
     }
 
@@ -194,13 +202,9 @@ impl<'e> Snapshot<'e> {
         E: DeserializeOwned,
     {
         let id = self.shared.pstate_id(pstate.spec())?;
-        let mut merged = Vec::new();
-        for partition in 0..pstate.spec().partitions {
-            let (start, end) = prefix_range(&partition_prefix(id, partition));
-            merged.extend(self.state.scan(&start, &end, limit)?);
-        }
-        merged.sort_by(|a, b| a.0[PARTITION_PREFIX_BYTES..].cmp(&b.0[PARTITION_PREFIX_BYTES..]));
-        merged.truncate(limit);
+        let merged = self.scan_partitions(pstate.spec().partitions, limit, |partition| {
+            Ok(prefix_range(&partition_prefix(id, partition)))
+        })?;
         merged
             .iter()
             .map(|(key, _)| Ok(decode_set_entry(key)?))
@@ -232,18 +236,15 @@ impl<'e> Snapshot<'e> {
         limit: usize,
     ) -> Result<Vec<lockstep_core::store::Entry>, Error> {
         let (id, partitions) = self.pstate_by_name(pstate)?;
-        let mut merged = Vec::new();
-        for partition in 0..partitions {
+        let merged = self.scan_partitions(partitions, limit, |partition| {
             let (mut start, end) = prefix_range(&partition_prefix(id, partition));
             if let Some(after) = after {
                 // The smallest key greater than `after`.
                 start = entry_key(id, partition, after);
                 start.push(0);
             }
-            merged.extend(self.state.scan(&start, &end, limit)?);
-        }
-        merged.sort_by(|a, b| a.0[PARTITION_PREFIX_BYTES..].cmp(&b.0[PARTITION_PREFIX_BYTES..]));
-        merged.truncate(limit);
+            Ok((start, end))
+        })?;
         Ok(merged
             .into_iter()
             .map(|(mut key, value)| {
