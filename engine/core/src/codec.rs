@@ -111,6 +111,27 @@ pub fn decode_envelope<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Arbitrary bytes never panic the record decoder, whatever type is asked for.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode_envelope::<(String, Vec<u64>, Option<bool>)>(&bytes);
+            let _ = decode_envelope::<std::collections::BTreeMap<String, String>>(&bytes);
+        }
+
+        /// Valid envelopes with their CRC fixed up after a payload change still never panic.
+        #[test]
+        fn reframed_garbage_never_panics(payload in prop::collection::vec(any::<u8>(), 0..256)) {
+            let mut bytes = vec![1u8, 0, 0, 0, 0];
+            bytes.extend_from_slice(&payload);
+            let crc = crc32fast::hash(&payload);
+            bytes[1..5].copy_from_slice(&crc.to_le_bytes());
+            let _ = decode_envelope::<(String, Vec<u64>, Option<bool>)>(&bytes);
+            let _ = decode_envelope::<Vec<String>>(&bytes);
+        }
+    }
 
     #[test]
     fn round_trips() {

@@ -230,7 +230,9 @@ where
 }
 
 pub(crate) fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {
-    let config = bincode::config::standard().with_limit::<{ 64 << 20 }>();
+    // Claimed lengths count against this limit before anything is allocated for them, so a
+    // frame cannot ask for more memory than the largest frame could hold.
+    let config = bincode::config::standard().with_limit::<FRAME_BYTES_MAX_DEFAULT>();
     let (value, used) = bincode::serde::decode_from_slice(payload, config)
         .map_err(|e| FrameError::Malformed(e.to_string()))?;
     if used != payload.len() {
@@ -270,6 +272,47 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// No byte string makes the frame decoder panic: it decodes or says why not.
+        #[test]
+        fn arbitrary_payloads_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_payload::<ClientFrame>(&bytes);
+            let _ = decode_payload::<ServerFrame>(&bytes);
+        }
+
+        /// Frames cut or corrupted anywhere are refused or read, never a panic, and a length
+        /// over the limit is refused before anything is allocated for it.
+        #[test]
+        fn corrupted_frames_never_panic(
+            cut in 0usize..64,
+            flip in 0usize..64,
+            mask in any::<u8>(),
+        ) {
+            let frame = ClientFrame::Request {
+                id: 1,
+                request: Request::Read {
+                    reads: vec![Read::Get { pstate: "p".into(), key: vec![1, 2] }],
+                },
+            };
+            let mut buffer = Vec::new();
+            futures_lite_block_on(write_frame(&mut buffer, &frame, 1 << 16)).expect("write");
+            if let Some(byte) = buffer.get_mut(flip) {
+                *byte ^= mask;
+            }
+            buffer.truncate(cut.min(buffer.len()));
+            let _ = futures_lite_block_on(read_frame::<_, ClientFrame>(&mut buffer.as_slice(), 1 << 16));
+        }
+    }
+
+    /// Runs a future that never waits on I/O readiness (in-memory buffers) to completion.
+    fn futures_lite_block_on<F: std::future::Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(future)
+    }
 
     #[tokio::test]
     async fn frames_round_trip_and_limits_hold() {

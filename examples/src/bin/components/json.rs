@@ -145,6 +145,26 @@ pub fn error_json(error: &str) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any input line gets a command or a reason, never a panic.
+        #[test]
+        fn arbitrary_lines_never_panic(line in "\\PC{0,200}") {
+            let _ = parse_command(&line);
+        }
+
+        /// JSON-shaped lines with random fields and values never panic either.
+        #[test]
+        fn json_shaped_lines_never_panic(
+            op in prop::sample::select(vec!["create", "update", "reparent", "delete", "x"]),
+            id in "\\PC{0,20}",
+            extra in "\\PC{0,40}",
+        ) {
+            let line = format!(r#"{{"op":{op:?},"id":{id:?},"parent":{extra:?},"mode":{extra:?},"attrs":{{"k":{extra:?}}}}}"#);
+            let _ = parse_command(&line);
+        }
+    }
 
     #[test]
     fn parses_the_documented_forms() {
