@@ -236,6 +236,7 @@ fn pipelined_latency_run<S, W>(
     clients: usize,
     rate_per_s: f64,
     seconds: f64,
+    tick: Duration,
     submit: S,
     wait: W,
 ) -> anyhow::Result<Vec<u64>>
@@ -245,7 +246,6 @@ where
 {
     let per_client = ((seconds * rate_per_s) as usize / clients).max(1);
     let period = Duration::from_secs_f64(clients as f64 / rate_per_s.max(1.0));
-    let tick = Duration::from_millis(1);
     let latencies = std::sync::Mutex::new(Vec::new());
     run_clients(clients, |c| {
         // Each submitted group goes to the waiter whole: a client's records are processed in
@@ -357,6 +357,7 @@ fn lockstep_embedded_latency(args: &Args, work: &Workloads, rate: f64) -> anyhow
         args.clients,
         rate,
         args.latency_seconds,
+        Duration::from_millis(1),
         |c, range| {
             let commands = &work.per_client[c];
             let due: Vec<Command> = range
@@ -456,10 +457,12 @@ fn lockstep_network_latency(args: &Args, work: &Workloads, rate: f64) -> anyhow:
         .map(std::sync::Mutex::new)
         .collect();
     let handle = runtime.handle().clone();
+    // A network round trip per call: gather a few milliseconds of commands into each.
     let latencies = pipelined_latency_run(
         args.clients,
         rate,
         args.latency_seconds,
+        Duration::from_millis(5),
         |c, range| {
             let commands = &work.per_client[c];
             let due: Vec<Command> = range
