@@ -99,7 +99,7 @@ fn serve_append_get_dump_verify() {
         .lines()
         .map(|l| serde_json::from_str(l).expect("json line"))
         .collect();
-    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(code, 1, "a bad line makes the exit status 1: {stderr}");
     assert_eq!(lines.len(), 6, "one line out per line in: {stdout}");
     assert_eq!(lines[0]["outcome"], "applied");
     assert_eq!(lines[1]["outcome"], "applied");

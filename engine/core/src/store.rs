@@ -90,6 +90,22 @@ pub struct ProducerState {
     pub sequence: u64,
     /// What that call's records were assigned.
     pub ids: Vec<RecordId>,
+    /// Digest of that call's depot and records ([`append_digest`]): a "retry" with other
+    /// records under the same sequence is refused instead of answered with these ids.
+    pub digest: u64,
+}
+
+/// The digest that identifies one append call's content: its depot and every record's
+/// partition and bytes, in order.
+pub fn append_digest<'a>(depot_id: u32, records: impl IntoIterator<Item = (u32, &'a [u8])>) -> u64 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    hasher.update(&depot_id.to_be_bytes());
+    for (partition, bytes) in records {
+        hasher.update(&partition.to_be_bytes());
+        hasher.update(&(bytes.len() as u64).to_be_bytes());
+        hasher.update(bytes);
+    }
+    hasher.digest()
 }
 
 /// The depot log.

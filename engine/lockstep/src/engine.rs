@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use lockstep_core::exec::{BatchInput, InputRecord, ResolvedIds};
 use lockstep_core::store::{
-    BatchCommit, CommitRecord, CommitStore, ConsumedOffset, DepotEntry, DepotLog, Entry,
-    ProducerState, StoreError,
+    append_digest, BatchCommit, CommitRecord, CommitStore, ConsumedOffset, DepotEntry, DepotLog,
+    Entry, ProducerState, StoreError,
 };
 use lockstep_core::{
     decode_envelope, Depot, DepotSpec, PStateSpec, RecordId, SchemaError, Topology,
@@ -575,7 +575,7 @@ impl Engine {
             .store
             .load_producers()?
             .into_iter()
-            .map(|state| (state.producer, (state.sequence, state.ids)))
+            .map(|state| (state.producer, (state.sequence, state.ids, state.digest)))
             .collect();
         // Build the handle first: if a thread fails to start, dropping it stops and joins the
         // ones already running (and closes the database).
@@ -725,7 +725,26 @@ impl Engine {
             let partition = (state.route_encoded)(&bytes)?;
             records.push((partition, bytes));
         }
-        let receiver = self.enqueue(state, records, producer)?;
+        let (reply, receiver) = tokio::sync::oneshot::channel();
+        let tx = self.append_tx.as_ref().ok_or(Error::Closed)?;
+        let mut request = AppendRequest {
+            depot: state,
+            records,
+            producer,
+            reply,
+        };
+        // Backpressure without blocking the async runtime's threads: wait, not block, while
+        // the appender's queue is full.
+        loop {
+            match tx.try_send(request) {
+                Ok(()) => break,
+                Err(crossbeam_channel::TrySendError::Full(back)) => {
+                    request = back;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err(crossbeam_channel::TrySendError::Disconnected(_)) => return Err(Error::Closed),
+            }
+        }
         receiver.await.map_err(|_| Error::Closed)?
     }
 
@@ -1036,7 +1055,7 @@ fn recover_progress(
 fn run_appender(
     shared: &Shared,
     requests: &Receiver<AppendRequest>,
-    mut producers: BTreeMap<u64, (u64, Vec<RecordId>)>,
+    mut producers: BTreeMap<u64, (u64, Vec<RecordId>, u64)>,
 ) {
     let mut next_seq = shared.durable_seq.load(Ordering::Acquire);
     let mut next_offsets: BTreeMap<u32, Vec<u64>> = shared
@@ -1071,10 +1090,22 @@ fn run_appender(
         let mut marks = Vec::new();
         let mut touched = BTreeMap::new();
         for request in group {
-            if let Some((producer, sequence)) = request.producer {
-                if let Some((last, ids)) = producers.get(&producer) {
-                    if sequence == *last {
+            let digest = request.producer.map(|_| {
+                append_digest(
+                    request.depot.id,
+                    request.records.iter().map(|(p, b)| (*p, b.as_slice())),
+                )
+            });
+            if let (Some((producer, sequence)), Some(digest)) = (request.producer, digest) {
+                if let Some((last, ids, last_digest)) = producers.get(&producer) {
+                    if sequence == *last && digest == *last_digest {
                         retries.push((request.reply, ids.clone()));
+                        continue;
+                    }
+                    if sequence == *last {
+                        let _ = request
+                            .reply
+                            .send(Err(Error::SequenceReused { producer, sequence }));
                         continue;
                     }
                     if sequence < *last {
@@ -1104,13 +1135,14 @@ fn run_appender(
                 *slot += 1;
                 touched.insert((depot_id, *partition), (request.depot.clone(), *slot));
             }
-            if let Some((producer, sequence)) = request.producer {
+            if let (Some((producer, sequence)), Some(digest)) = (request.producer, digest) {
                 let ids: Vec<RecordId> = positions.iter().map(|(id, _)| *id).collect();
-                producers.insert(producer, (sequence, ids.clone()));
+                producers.insert(producer, (sequence, ids.clone(), digest));
                 marks.push(ProducerState {
                     producer,
                     sequence,
                     ids,
+                    digest,
                 });
             }
             accepted.push((request, positions));

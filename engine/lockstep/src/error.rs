@@ -114,6 +114,15 @@ pub enum Error {
         /// The last accepted call's number.
         last: u64,
     },
+    /// An idempotent append reused the producer's last sequence with different records: it is
+    /// not a retry, and nothing was written.
+    #[error("producer {producer}: append {sequence} was already used for different records")]
+    SequenceReused {
+        /// The producer.
+        producer: u64,
+        /// The reused call number.
+        sequence: u64,
+    },
     /// `run_batch` in automatic mode, where the engine runs batches itself.
     #[error("run_batch needs BatchDriving::Manual; this engine runs batches itself")]
     NotManual,

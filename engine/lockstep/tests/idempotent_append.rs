@@ -54,6 +54,15 @@ fn retries_are_acknowledged_once_and_stored_once() {
             last: 1
         })
     ));
+    // The last sequence with other records is not a retry: refused, nothing written.
+    assert!(matches!(
+        engine.append_many_idempotent(&ledger.ops, &ops(3), producer, 1),
+        Err(Error::SequenceReused {
+            producer: 0xfeed,
+            sequence: 1
+        })
+    ));
+    assert_eq!(stored(&engine, &ledger), 6);
     // Another producer is independent.
     engine
         .append_many_idempotent(&ledger.ops, &ops(1), 7, 0)

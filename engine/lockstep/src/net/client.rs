@@ -264,7 +264,13 @@ impl Client {
                     }
                     Err(error) => return Attempt::Done(Err(ClientError::Server(error))),
                 },
-                Ok(Some(ServerFrame::Fatal { message })) => return Attempt::Retry(message),
+                // Busy is worth another try; any other fatal reply would repeat itself.
+                Ok(Some(ServerFrame::Fatal { message })) if message.starts_with("server busy") => {
+                    return Attempt::Retry(message)
+                }
+                Ok(Some(ServerFrame::Fatal { message })) => {
+                    return Attempt::Done(Err(ClientError::Protocol(message)))
+                }
                 Ok(Some(other)) => {
                     return Attempt::Done(Err(ClientError::Protocol(format!(
                         "unexpected frame {other:?}"
@@ -302,9 +308,10 @@ impl Client {
             producer: Some((self.producer, sequence)),
         };
         let result = self.call(request).await;
-        // Only a definite answer moves the sequence on; an unreachable server leaves it, so the
-        // caller's retry of the same records deduplicates.
-        if !matches!(result, Err(ClientError::Unreachable(_))) {
+        // Only a definite answer moves the sequence on. Otherwise the records may or may not be
+        // stored: the caller's retry of the same records deduplicates, and other records under
+        // the same sequence are refused (`SequenceReused`) rather than mistaken for a retry.
+        if matches!(result, Ok(_) | Err(ClientError::Server(_))) {
             self.next_sequence += 1;
         }
         match result?.pop() {

@@ -58,8 +58,13 @@ pub struct Server {
     config: Arc<ServerConfig>,
 }
 
-/// Entries per `ReadEntries` frame: well under any frame limit for ordinary entries.
+/// Entries per `ReadEntries` frame, at most.
 const READ_CHUNK_ENTRIES: usize = 1024;
+/// Bytes per `ReadEntries` frame, about: a chunk closes once it passes this, well under the
+/// frame limit.
+const READ_CHUNK_BYTES: usize = 1 << 20;
+/// Largest handshake frame: a stranger gets no large buffer before it has authenticated.
+const HELLO_BYTES_MAX: usize = 4096;
 
 impl Server {
     /// Binds the listening socket.
@@ -171,7 +176,7 @@ async fn serve_connection(
     // Handshake: version, then token.
     let hello = tokio::time::timeout(
         config.handshake_timeout,
-        read_frame::<_, ClientFrame>(&mut reader, max),
+        read_frame::<_, ClientFrame>(&mut reader, HELLO_BYTES_MAX),
     )
     .await;
     let refusal = match hello {
@@ -241,7 +246,7 @@ async fn serve_connection(
 fn wire_error(error: &Error) -> WireError {
     let kind = match error {
         Error::Poisoned { .. } | Error::Closed | Error::Store(_) => WireErrorKind::Unavailable,
-        Error::StaleSequence { .. } => WireErrorKind::Stale,
+        Error::StaleSequence { .. } | Error::SequenceReused { .. } => WireErrorKind::Stale,
         Error::TopologyStopped { .. } | Error::Batch { .. } => WireErrorKind::Stopped,
         Error::Timeout { .. } => WireErrorKind::Timeout,
         _ => WireErrorKind::Refused,
@@ -374,10 +379,12 @@ fn run_reads(
                     let page = snapshot.raw_scan(&pstate, after.as_deref(), READ_CHUNK_ENTRIES)?;
                     let full = page.len() == READ_CHUNK_ENTRIES;
                     after = page.last().map(|(key, _)| key.clone());
-                    emit(Response::ReadEntries {
-                        read: read_index,
-                        entries: page,
-                    })?;
+                    for entries in split_by_bytes(page) {
+                        emit(Response::ReadEntries {
+                            read: read_index,
+                            entries,
+                        })?;
+                    }
                     if !full {
                         break;
                     }
@@ -394,13 +401,16 @@ fn run_reads(
                     )?;
                     let full = page.len() == READ_CHUNK_ENTRIES;
                     after = page.last().cloned();
-                    emit(Response::ReadEntries {
-                        read: read_index,
-                        entries: page
-                            .into_iter()
-                            .map(|element| (element, Vec::new()))
-                            .collect(),
-                    })?;
+                    let entries = page
+                        .into_iter()
+                        .map(|element| (element, Vec::new()))
+                        .collect();
+                    for entries in split_by_bytes(entries) {
+                        emit(Response::ReadEntries {
+                            read: read_index,
+                            entries,
+                        })?;
+                    }
                     if !full {
                         break;
                     }
@@ -409,4 +419,23 @@ fn run_reads(
         }
     }
     Ok(())
+}
+
+/// Splits entries into chunks of about [`READ_CHUNK_BYTES`] each (at least one entry per chunk).
+fn split_by_bytes(entries: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut chunks = Vec::new();
+    let mut chunk = Vec::new();
+    let mut bytes = 0;
+    for entry in entries {
+        bytes += entry.0.len() + entry.1.len();
+        chunk.push(entry);
+        if bytes >= READ_CHUNK_BYTES {
+            chunks.push(std::mem::take(&mut chunk));
+            bytes = 0;
+        }
+    }
+    if !chunk.is_empty() || chunks.is_empty() {
+        chunks.push(chunk);
+    }
+    chunks
 }

@@ -120,12 +120,29 @@ pub fn append(
     runtime.block_on(async move {
         let handles = components(1)?;
         let mut client = Client::connect(server, client_config(token, retry_for)).await?;
-        let mut lines = BufReader::new(tokio::io::stdin()).lines();
+        let mut stdin = BufReader::new(tokio::io::stdin());
         let mut stdout = std::io::stdout().lock();
         let mut failed = false;
-        while let Some(line) = lines.next_line().await.context("reading stdin")? {
-            let answer = match parse_command(line.trim()) {
-                Err(error) => error_json(&error),
+        let mut raw = Vec::new();
+        loop {
+            raw.clear();
+            if stdin
+                .read_until(b'\n', &mut raw)
+                .await
+                .context("reading stdin")?
+                == 0
+            {
+                break;
+            }
+            // A line that is not UTF-8 is a bad line like any other: answered, not fatal.
+            let parsed = std::str::from_utf8(&raw)
+                .map_err(|_| "bad command: line is not UTF-8".to_string())
+                .and_then(|line| parse_command(line.trim()));
+            let answer = match parsed {
+                Err(error) => {
+                    failed = true;
+                    error_json(&error)
+                }
                 // The depot's partition count does not matter to the client: the server
                 // routes every record itself.
                 Ok(command) => {
