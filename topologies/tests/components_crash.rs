@@ -4,38 +4,10 @@
 
 mod common;
 
-use common::Harness;
+use common::{cases, command, Harness};
 use lockstep::{failpoints, Error};
-use lockstep_topologies::components::{Command, DeleteMode};
+use lockstep_topologies::components::Command;
 use proptest::prelude::*;
-
-fn id() -> impl Strategy<Value = String> {
-    (0u8..8).prop_map(|i| format!("c{i}"))
-}
-
-fn command() -> impl Strategy<Value = Command> {
-    prop_oneof![
-        3 => (id(), prop::option::weighted(0.7, id())).prop_map(|(id, parent)| Command::Create {
-            id,
-            parent,
-            attrs: Default::default(),
-        }),
-        1 => (id(), 0u8..3).prop_map(|(id, v)| Command::Update {
-            id,
-            attrs: [("k".to_string(), v.to_string())].into(),
-            if_version: None,
-        }),
-        2 => (id(), prop::option::weighted(0.8, id())).prop_map(|(id, parent)| Command::Reparent {
-            id,
-            parent,
-            if_version: None,
-        }),
-        1 => (id(), any::<bool>()).prop_map(|(id, cascade)| Command::Delete {
-            id,
-            mode: if cascade { DeleteMode::Cascade } else { DeleteMode::Restrict },
-        }),
-    ]
-}
 
 #[derive(Debug, Clone)]
 enum Step {
@@ -55,14 +27,6 @@ fn step() -> impl Strategy<Value = Step> {
         1 => any::<bool>().prop_map(|after_write| Step::CrashInCommit { after_write }),
         1 => Just(Step::Restart),
     ]
-}
-
-/// `PROPTEST_CASES` overrides the default case count (for long runs).
-fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 proptest! {

@@ -4,34 +4,9 @@
 
 mod common;
 
-use common::Harness;
-use lockstep_topologies::components::{Command, DeleteMode};
+use common::{cases, command, Harness};
+use lockstep_topologies::components::Command;
 use proptest::prelude::*;
-
-fn id() -> impl Strategy<Value = String> {
-    (0u8..10).prop_map(|i| format!("c{i}"))
-}
-
-fn command() -> impl Strategy<Value = Command> {
-    prop_oneof![
-        4 => (id(), prop::option::weighted(0.7, id())).prop_map(|(id, parent)| Command::Create {
-            id,
-            parent,
-            attrs: Default::default(),
-        }),
-        2 => (id(), 0u8..3, prop::option::of(1u64..4)).prop_map(|(id, v, if_version)| Command::Update {
-            id,
-            attrs: [("k".to_string(), v.to_string())].into(),
-            if_version,
-        }),
-        3 => (id(), prop::option::weighted(0.8, id()), prop::option::weighted(0.2, 1u64..4))
-            .prop_map(|(id, parent, if_version)| Command::Reparent { id, parent, if_version }),
-        2 => (id(), any::<bool>()).prop_map(|(id, cascade)| Command::Delete {
-            id,
-            mode: if cascade { DeleteMode::Cascade } else { DeleteMode::Restrict },
-        }),
-    ]
-}
 
 #[derive(Debug, Clone)]
 enum Step {
@@ -44,14 +19,6 @@ fn step() -> impl Strategy<Value = Step> {
         3 => prop::collection::vec(command(), 1..8).prop_map(Step::Append),
         1 => Just(Step::Batch),
     ]
-}
-
-/// `PROPTEST_CASES` overrides the default case count (for long runs).
-fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 proptest! {

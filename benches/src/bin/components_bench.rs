@@ -382,6 +382,25 @@ async fn network_clients(args: &Args, address: &str) -> anyhow::Result<Vec<Clien
     Ok(clients)
 }
 
+/// Serves `engine` on a loopback port; returns the address, the stop switch and the task.
+async fn start_server(
+    engine: Arc<Engine>,
+) -> anyhow::Result<(
+    String,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+)> {
+    let mut config = ServerConfig::default();
+    config.listen = ([127, 0, 0, 1], 0).into();
+    let server = Server::bind(engine, config).await?;
+    let address = server.local_addr()?.to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    Ok((address, stop, serving))
+}
+
 fn lockstep_network(args: &Args, work: &Workloads) -> anyhow::Result<(f64, u64)> {
     let dir = tempfile::tempdir()?;
     let (engine, handles) = open_lockstep(dir.path(), args.partitions)?;
@@ -389,14 +408,7 @@ fn lockstep_network(args: &Args, work: &Workloads) -> anyhow::Result<(f64, u64)>
         .enable_all()
         .build()?;
     let seconds = runtime.block_on(async {
-        let mut config = ServerConfig::default();
-        config.listen = ([127, 0, 0, 1], 0).into();
-        let server = Server::bind(engine.clone(), config).await?;
-        let address = server.local_addr()?.to_string();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let serving = tokio::spawn(server.run(async {
-            let _ = stopped.await;
-        }));
+        let (address, stop, serving) = start_server(engine.clone()).await?;
         let clients = network_clients(args, &address).await?;
         let started = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
@@ -434,17 +446,7 @@ fn lockstep_network_latency(args: &Args, work: &Workloads, rate: f64) -> anyhow:
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let (address, stop, serving) = runtime.block_on(async {
-        let mut config = ServerConfig::default();
-        config.listen = ([127, 0, 0, 1], 0).into();
-        let server = Server::bind(engine.clone(), config).await?;
-        let address = server.local_addr()?.to_string();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let serving = tokio::spawn(server.run(async {
-            let _ = stopped.await;
-        }));
-        anyhow::Ok((address, stop, serving))
-    })?;
+    let (address, stop, serving) = runtime.block_on(start_server(engine.clone()))?;
     // One connection to append on and one to wait on, per client.
     let appenders: Vec<std::sync::Mutex<Client>> = runtime
         .block_on(network_clients(args, &address))?

@@ -3,29 +3,8 @@
 
 mod common;
 
-use common::{ledger, open, Op};
+use common::{ledger, open, sample_ops as ops, stored_records as stored};
 use lockstep::{EngineOptions, Error};
-
-fn ops(n: u32) -> Vec<Op> {
-    (0..n)
-        .map(|i| Op {
-            key: i % 5,
-            amount: 1,
-            mirror: i % 3,
-        })
-        .collect()
-}
-
-fn stored(engine: &lockstep::Engine, ledger: &common::Ledger) -> usize {
-    (0..ledger.partitions)
-        .map(|p| {
-            engine
-                .read_depot(&ledger.ops, p, 0, usize::MAX)
-                .expect("read")
-                .len()
-        })
-        .sum()
-}
 
 #[test]
 fn retries_are_acknowledged_once_and_stored_once() {

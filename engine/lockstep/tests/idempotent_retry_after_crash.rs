@@ -4,29 +4,8 @@
 
 mod common;
 
-use common::{ledger, open, Op};
+use common::{ledger, open, sample_ops as ops, stored_records as stored};
 use lockstep::{failpoints, EngineOptions, Error};
-
-fn ops(n: u32) -> Vec<Op> {
-    (0..n)
-        .map(|i| Op {
-            key: i % 5,
-            amount: 1,
-            mirror: i % 3,
-        })
-        .collect()
-}
-
-fn stored(engine: &lockstep::Engine, ledger: &common::Ledger) -> usize {
-    (0..ledger.partitions)
-        .map(|p| {
-            engine
-                .read_depot(&ledger.ops, p, 0, usize::MAX)
-                .expect("read")
-                .len()
-        })
-        .sum()
-}
 
 #[test]
 fn a_retry_after_a_crash_between_write_and_ack_is_not_duplicated() {

@@ -246,3 +246,26 @@ pub fn assert_outcomes(engine: &Engine, ledger: &Ledger, model: &Model, depot_id
         }
     }
 }
+
+/// `n` ops over a few keys.
+pub fn sample_ops(n: u32) -> Vec<Op> {
+    (0..n)
+        .map(|i| Op {
+            key: i % 5,
+            amount: 1,
+            mirror: i % 3,
+        })
+        .collect()
+}
+
+/// How many records the ledger's depot holds, over all partitions.
+pub fn stored_records(engine: &Engine, ledger: &Ledger) -> usize {
+    (0..ledger.partitions)
+        .map(|p| {
+            engine
+                .read_depot(&ledger.ops, p, 0, usize::MAX)
+                .expect("read")
+                .len()
+        })
+        .sum()
+}
