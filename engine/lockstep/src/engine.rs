@@ -246,6 +246,16 @@ pub struct TopologyStats {
     pub commit_time_us: u64,
 }
 
+impl TopologyState {
+    /// The index, among this topology's inputs, of the depot `record` belongs to.
+    fn input_of(&self, record: RecordId) -> Result<usize, Error> {
+        self.inputs
+            .iter()
+            .position(|d| d.id == record.depot_id)
+            .ok_or_else(|| Error::UnknownDepot(format!("id {}", record.depot_id)))
+    }
+}
+
 impl std::fmt::Debug for TopologyState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TopologyState")
@@ -751,13 +761,21 @@ impl Engine {
     /// The committed batch id if `topology` has processed `record`, without waiting.
     pub fn processed(&self, topology: &str, record: RecordId) -> Result<Option<u64>, Error> {
         let state = self.shared.topology(topology)?;
-        let input = state
-            .inputs
-            .iter()
-            .position(|d| d.id == record.depot_id)
-            .ok_or_else(|| Error::UnknownDepot(format!("id {}", record.depot_id)))?;
+        let input = state.input_of(record)?;
         let progress = lock(&state.progress);
-        if consumed_past(&progress, input, record)? {
+        self.verdict(&progress, input, topology, record)
+    }
+
+    /// `Some(batch)` once `progress` has consumed `record`; an error if it never will (the
+    /// topology stopped, the engine is poisoned); `None` while it may still.
+    fn verdict(
+        &self,
+        progress: &Progress,
+        input: usize,
+        topology: &str,
+        record: RecordId,
+    ) -> Result<Option<u64>, Error> {
+        if consumed_past(progress, input, record)? {
             return Ok(Some(progress.record.batch_id));
         }
         if let Some(reason) = &progress.stopped {
@@ -844,25 +862,14 @@ impl Engine {
         timeout: Duration,
     ) -> Result<u64, Error> {
         let state = self.shared.topology(topology)?;
-        let input = state
-            .inputs
-            .iter()
-            .position(|d| d.id == record.depot_id)
-            .ok_or_else(|| Error::UnknownDepot(format!("id {}", record.depot_id)))?;
+        let input = state.input_of(record)?;
         // A timeout too long to represent means no deadline.
         let deadline = Instant::now().checked_add(timeout);
         let mut progress = lock(&state.progress);
         loop {
-            if consumed_past(&progress, input, record)? {
-                return Ok(progress.record.batch_id);
+            if let Some(batch_id) = self.verdict(&progress, input, topology, record)? {
+                return Ok(batch_id);
             }
-            if let Some(reason) = &progress.stopped {
-                return Err(Error::TopologyStopped {
-                    topology: topology.to_string(),
-                    reason: reason.clone(),
-                });
-            }
-            self.shared.poison.check()?;
             if self.shared.shutdown.load(Ordering::Acquire) {
                 return Err(Error::Closed);
             }
