@@ -260,6 +260,25 @@ impl<M: Send + 'static> TypedTopology<M> {
         Ok(())
     }
 
+    /// The round after `round`, whose `sent` messages are about to be delivered, unless that
+    /// breaks the message or round bound.
+    fn next_round(&self, round: u32, sent: usize) -> Result<u32, BatchError> {
+        if sent > self.round_messages_max {
+            return Err(BatchError::MessagesExceeded {
+                round,
+                messages: sent,
+                messages_max: self.round_messages_max,
+            });
+        }
+        let next = round + 1;
+        if next > self.rounds_max {
+            return Err(BatchError::RoundsExceeded {
+                rounds_max: self.rounds_max,
+            });
+        }
+        Ok(next)
+    }
+
     /// Handles one record on its partition, then every message it causes, round by round.
     /// Returns the rounds run (at least 1) and the messages delivered.
     fn run_record_to_quiescence(
@@ -282,19 +301,7 @@ impl<M: Send + 'static> TypedTopology<M> {
         let mut messages = 0u64;
         while !senders.is_empty() {
             let sent: usize = senders.iter().map(|&s| work[s].outbox.len()).sum();
-            if sent > self.round_messages_max {
-                return Err(BatchError::MessagesExceeded {
-                    round,
-                    messages: sent,
-                    messages_max: self.round_messages_max,
-                });
-            }
-            round += 1;
-            if round > self.rounds_max {
-                return Err(BatchError::RoundsExceeded {
-                    rounds_max: self.rounds_max,
-                });
-            }
+            round = self.next_round(round, sent)?;
             // Senders are ascending, so each inbox fills in (sending partition, send order).
             let mut receivers = std::collections::BTreeSet::new();
             for &sender in &senders {
@@ -464,19 +471,7 @@ impl<M: Send + 'static> RunBatch for TypedTopology<M> {
             if sent == 0 {
                 break;
             }
-            if sent > self.round_messages_max {
-                return Err(BatchError::MessagesExceeded {
-                    round,
-                    messages: sent,
-                    messages_max: self.round_messages_max,
-                });
-            }
-            round += 1;
-            if round > self.rounds_max {
-                return Err(BatchError::RoundsExceeded {
-                    rounds_max: self.rounds_max,
-                });
-            }
+            round = self.next_round(round, sent)?;
             // Deliver in (sending partition, send order): iterate senders in partition order.
             for sender in 0..work.len() {
                 let outbox = std::mem::take(&mut work[sender].outbox);
