@@ -270,13 +270,12 @@ impl<M: Send + 'static> TypedTopology<M> {
                 messages_max: self.round_messages_max,
             });
         }
-        let next = round + 1;
-        if next > self.rounds_max {
-            return Err(BatchError::RoundsExceeded {
+        round
+            .checked_add(1)
+            .filter(|next| *next <= self.rounds_max)
+            .ok_or(BatchError::RoundsExceeded {
                 rounds_max: self.rounds_max,
-            });
-        }
-        Ok(next)
+            })
     }
 
     /// Handles one record on its partition, then every message it causes, round by round.
