@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use crate::catalog::{self, outcome_table_name};
 use crate::error::Error;
+use crate::faults::{faulted_write, DurableWrite, StorageFaults};
 use crate::snapshot::Snapshot;
 use crate::store::RocksStore;
 
@@ -53,6 +54,8 @@ pub struct EngineOptions {
     pub append_group_bytes_max: usize,
     /// Threads that run the partitions of one round.
     pub threads: usize,
+    /// Faults to inject into durable writes (tests and simulations); `None` in production.
+    pub storage_faults: Option<StorageFaults>,
 }
 
 impl Default for EngineOptions {
@@ -64,6 +67,7 @@ impl Default for EngineOptions {
             append_queue_max: 4096,
             append_group_bytes_max: 8 << 20,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            storage_faults: None,
         }
     }
 }
@@ -98,6 +102,20 @@ pub struct BatchSummary {
     pub batch_latency_us: u64,
     /// Time spent in the synced commit write.
     pub commit_latency_us: u64,
+}
+
+/// A durable depot record with its place in the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LoggedRecord<T> {
+    /// Where it is stored.
+    pub id: RecordId,
+    /// Its global append sequence number, unique across every depot and partition. Batches
+    /// consume records in this order: every batch takes a prefix of the unconsumed records
+    /// in sequence order, and serializable topologies apply them one at a time in it.
+    pub seq: u64,
+    /// The record.
+    pub record: T,
 }
 
 /// Failpoint names (compiled in with the `failpoints` feature). Each sits at a durable step of
@@ -939,6 +957,23 @@ impl Engine {
         from_offset: u64,
         limit: usize,
     ) -> Result<Vec<(u64, T)>, Error> {
+        Ok(self
+            .read_depot_log(depot, partition, from_offset, limit)?
+            .into_iter()
+            .map(|logged| (logged.id.offset, logged.record))
+            .collect())
+    }
+
+    /// As [`read_depot`](Self::read_depot), with each record's position and global append
+    /// sequence number: the order in which topologies process records (see
+    /// [`LoggedRecord::seq`]).
+    pub fn read_depot_log<T: DeserializeOwned>(
+        &self,
+        depot: &Depot<T>,
+        partition: u32,
+        from_offset: u64,
+        limit: usize,
+    ) -> Result<Vec<LoggedRecord<T>>, Error> {
         let state = self.shared.depot(depot.spec())?;
         let head = self.depot_next_offset(depot, partition)?;
         let wanted = head.saturating_sub(from_offset).min(limit as u64) as usize;
@@ -948,8 +983,17 @@ impl Engine {
             .read(state.id, partition, from_offset, wanted, usize::MAX)?;
         raw.into_iter()
             .map(|stored| {
+                let id = RecordId {
+                    depot_id: state.id,
+                    partition,
+                    offset: stored.offset,
+                };
                 decode_envelope(&stored.bytes)
-                    .map(|record| (stored.offset, record))
+                    .map(|record| LoggedRecord {
+                        id,
+                        seq: stored.seq,
+                        record,
+                    })
                     .map_err(|source| Error::CorruptRecord {
                         depot: depot.name().to_string(),
                         partition,
@@ -1218,7 +1262,12 @@ fn write_group(
     fail::fail_point!(failpoints::APPEND_BEFORE_WRITE, |_| Err(
         StoreError::Injected(failpoints::APPEND_BEFORE_WRITE)
     ));
-    shared.store.append(entries, producers)?;
+    faulted_write(
+        shared.options.storage_faults.as_ref(),
+        DurableWrite::Append,
+        "depot append",
+        || shared.store.append(entries, producers),
+    )?;
     fail::fail_point!(failpoints::APPEND_AFTER_WRITE, |_| Err(
         StoreError::Injected(failpoints::APPEND_AFTER_WRITE)
     ));
@@ -1480,11 +1529,18 @@ fn commit(
     fail::fail_point!(failpoints::COMMIT_BEFORE_WRITE, |_| Err(
         StoreError::Injected(failpoints::COMMIT_BEFORE_WRITE)
     ));
-    shared.store.commit(BatchCommit {
-        topology_id,
-        record,
-        writes,
-    })?;
+    faulted_write(
+        shared.options.storage_faults.as_ref(),
+        DurableWrite::Commit,
+        "batch commit",
+        || {
+            shared.store.commit(BatchCommit {
+                topology_id,
+                record,
+                writes,
+            })
+        },
+    )?;
     fail::fail_point!(failpoints::COMMIT_AFTER_WRITE, |_| Err(
         StoreError::Injected(failpoints::COMMIT_AFTER_WRITE)
     ));

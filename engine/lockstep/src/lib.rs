@@ -49,15 +49,18 @@
 mod catalog;
 mod engine;
 mod error;
+mod faults;
 #[cfg(feature = "net")]
 pub mod net;
 mod snapshot;
 mod store;
 
 pub use engine::{
-    failpoints, BatchDriving, BatchSummary, Engine, EngineBuilder, EngineOptions, TopologyStats,
+    failpoints, BatchDriving, BatchSummary, Engine, EngineBuilder, EngineOptions, LoggedRecord,
+    TopologyStats,
 };
 pub use error::Error;
+pub use faults::{DurableWrite, StorageFaults, WriteFault};
 
 /// `Result` with the engine's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
