@@ -302,7 +302,10 @@ impl<'t, T: SimTarget> Simulation<'t, T> {
     }
 
     /// Executes `trace` and drains, as a seed's run would.
-    pub fn replay(&self, trace: &Trace<T::Command>) -> Result<SimSummary, Box<SimFailure<T::Command>>> {
+    pub fn replay(
+        &self,
+        trace: &Trace<T::Command>,
+    ) -> Result<SimSummary, Box<SimFailure<T::Command>>> {
         match execute(self.target, &self.config, trace) {
             Ok(summary) => Ok(summary),
             Err((step, message)) => Err(Box::new(SimFailure {
