@@ -19,6 +19,7 @@ use lockstep_core::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::cache::{CachedState, StateCache};
 use crate::catalog::{self, outcome_table_name};
 use crate::error::Error;
 use crate::faults::{faulted_write, DurableWrite, StorageFaults};
@@ -54,6 +55,9 @@ pub struct EngineOptions {
     pub append_group_bytes_max: usize,
     /// Threads that run the partitions of one round.
     pub threads: usize,
+    /// Most bytes of committed state kept in memory for handlers' point reads (0: none).
+    /// Memory use is bounded by this, not by the size of the state.
+    pub state_cache_bytes_max: usize,
     /// Faults to inject into durable writes (tests and simulations); `None` in production.
     pub storage_faults: Option<StorageFaults>,
 }
@@ -67,6 +71,7 @@ impl Default for EngineOptions {
             append_queue_max: 4096,
             append_group_bytes_max: 8 << 20,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            state_cache_bytes_max: 64 << 20,
             storage_faults: None,
         }
     }
@@ -293,6 +298,8 @@ pub(crate) struct Shared {
     pub(crate) topologies: BTreeMap<String, Arc<TopologyState>>,
     /// Every PState (outcome tables included) by name, with its catalog id.
     pub(crate) pstates: BTreeMap<String, (Option<Arc<PStateSpec>>, u32)>,
+    /// Committed state recently read by handlers (see `cache`).
+    state_cache: Option<StateCache>,
     input: InputSignal,
     shutdown: AtomicBool,
     /// One past the largest sequence number whose whole group is durable and whose heads are
@@ -586,6 +593,7 @@ impl Engine {
         )));
 
         let next_seq = store.max_seq()?.map_or(0, |max| max + 1);
+        let state_cache = StateCache::new(builder.options.state_cache_bytes_max);
         let shared = Arc::new(Shared {
             durable_seq: AtomicU64::new(next_seq),
             store,
@@ -594,6 +602,7 @@ impl Engine {
             depots,
             topologies,
             pstates,
+            state_cache,
             input: InputSignal::default(),
             shutdown: AtomicBool::new(false),
         });
@@ -1430,10 +1439,18 @@ fn run_one_batch(shared: &Shared, state: &TopologyState) -> Result<Option<BatchS
     let _entered = span.enter();
 
     let live = shared.store.live()?;
-    let output = match state
-        .topology
-        .execute(input, &state.ids, &live, shared.options.threads)
-    {
+    let executed = match &shared.state_cache {
+        Some(cache) => state.topology.execute(
+            input,
+            &state.ids,
+            &CachedState { base: live, cache },
+            shared.options.threads,
+        ),
+        None => state
+            .topology
+            .execute(input, &state.ids, &live, shared.options.threads),
+    };
+    let output = match executed {
         Ok(output) => output,
         Err(source) => {
             let error = Error::Batch {
@@ -1481,6 +1498,11 @@ fn run_one_batch(shared: &Shared, state: &TopologyState) -> Result<Option<BatchS
         return Err(Error::Poisoned { reason });
     }
     let commit_latency_us = commit_started.elapsed().as_micros() as u64;
+    // Durable: the cache may now show it (this topology's next batch, its only reader of these
+    // keys, starts after this returns).
+    if let Some(cache) = &shared.state_cache {
+        cache.apply(&output.writes);
+    }
 
     {
         let mut progress = lock(&state.progress);

@@ -46,6 +46,7 @@
 
 #![warn(missing_docs)]
 
+mod cache;
 mod catalog;
 mod engine;
 mod error;

@@ -10,8 +10,8 @@ use lockstep_core::store::{
 };
 use lockstep_core::{decode_envelope, encode_envelope};
 use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, DBRecoveryMode, Direction,
-    IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, DBRecoveryMode,
+    Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB,
 };
 
 pub(crate) const CF_DEPOT: &str = "depot";
@@ -79,6 +79,16 @@ impl RocksStore {
         let cfs = [CF_DEPOT, CF_STATE, CF_META].map(|name| {
             let mut cf_options = Options::default();
             cf_options.set_compression_type(DBCompressionType::Lz4);
+            if name == CF_STATE {
+                // Handlers look up many keys that do not exist (a create checks its id is free,
+                // a command names a missing parent): bloom filters answer those without
+                // walking the memtable's skiplist or reading a block.
+                cf_options.set_memtable_prefix_bloom_ratio(0.1);
+                cf_options.set_memtable_whole_key_filtering(true);
+                let mut table = BlockBasedOptions::default();
+                table.set_bloom_filter(10.0, false);
+                cf_options.set_block_based_table_factory(&table);
+            }
             ColumnFamilyDescriptor::new(name, cf_options)
         });
         let db = DB::open_cf_descriptors(&options, path, cfs).map_err(io("open"))?;

@@ -62,16 +62,21 @@ pub struct SimEngineOptions {
     pub batch_bytes_max: usize,
     /// [`EngineOptions::threads`].
     pub threads: usize,
+    /// [`EngineOptions::state_cache_bytes_max`].
+    pub state_cache_bytes_max: usize,
 }
 
 impl SimEngineOptions {
     fn draw(rng: &mut SimRng) -> Self {
         const RECORDS: [usize; 6] = [1, 2, 3, 5, 8, 10_000];
         const BYTES: [usize; 4] = [1, 64, 256, 8 << 20];
+        // None, one that evicts all the time, and one that holds everything.
+        const CACHE_BYTES: [usize; 3] = [0, 1 << 10, 64 << 20];
         Self {
             batch_records_max: RECORDS[rng.gen_range(0..RECORDS.len())],
             batch_bytes_max: BYTES[rng.gen_range(0..BYTES.len())],
             threads: rng.gen_range(1..=2),
+            state_cache_bytes_max: CACHE_BYTES[rng.gen_range(0..CACHE_BYTES.len())],
         }
     }
 
@@ -80,6 +85,7 @@ impl SimEngineOptions {
         options.batch_records_max = self.batch_records_max;
         options.batch_bytes_max = self.batch_bytes_max;
         options.threads = self.threads;
+        options.state_cache_bytes_max = self.state_cache_bytes_max;
         options.storage_faults = Some(faults.clone());
         options
     }
@@ -91,6 +97,7 @@ impl Default for SimEngineOptions {
             batch_records_max: 10_000,
             batch_bytes_max: 8 << 20,
             threads: 1,
+            state_cache_bytes_max: 64 << 20,
         }
     }
 }

@@ -1,0 +1,191 @@
+//! A bounded in-memory cache of committed state, in front of RocksDB, for handlers' point reads.
+//!
+//! Handlers read before they write (is this id free, does the parent exist, what is the count),
+//! and a point read that misses RocksDB's block cache still walks the memtable's skiplist and
+//! the levels' filters: several times the cost of a hash lookup. The cache holds what handlers
+//! recently read (misses too) and is kept coherent by the one writer of each key: a topology's
+//! batch commit, which refreshes every cached key it wrote once the commit is durable. No read
+//! can interleave with that refresh, because a topology's next batch (its only reader) starts
+//! after its previous commit returns, and no topology reads another's keys. Snapshots never use
+//! the cache: they read RocksDB at a point in time.
+
+use std::sync::Arc;
+
+use lockstep_core::store::{Entry, StateRead, StoreError, WriteSet};
+use quick_cache::sync::Cache;
+use quick_cache::Weighter;
+
+/// Bookkeeping bytes an entry costs beyond its key and value (hash slot, `Arc`, `Vec` headers).
+const ENTRY_OVERHEAD_BYTES: u64 = 64;
+
+/// A cached lookup: the value, or that there is none.
+type Cached = Option<Arc<[u8]>>;
+
+#[derive(Debug, Clone, Copy)]
+struct EntryBytes;
+
+impl Weighter<Vec<u8>, Cached> for EntryBytes {
+    fn weight(&self, key: &Vec<u8>, value: &Cached) -> u64 {
+        key.len() as u64 + value.as_ref().map_or(0, |v| v.len() as u64) + ENTRY_OVERHEAD_BYTES
+    }
+}
+
+pub(crate) struct StateCache {
+    entries: Cache<Vec<u8>, Cached, EntryBytes>,
+}
+
+impl std::fmt::Debug for StateCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateCache")
+            .field("entries", &self.entries.len())
+            .field("bytes", &self.entries.weight())
+            .finish()
+    }
+}
+
+impl StateCache {
+    /// A cache of at most `bytes_max` bytes; `None` (no cache) for 0.
+    pub(crate) fn new(bytes_max: usize) -> Option<Self> {
+        if bytes_max == 0 {
+            return None;
+        }
+        let bytes_max = bytes_max as u64;
+        let items_estimate = (bytes_max / (ENTRY_OVERHEAD_BYTES * 2)).max(16) as usize;
+        Some(Self {
+            entries: Cache::with_weighter(items_estimate, bytes_max, EntryBytes),
+        })
+    }
+
+    /// Refreshes every cached key a durable commit wrote. A key is removed first, so a new
+    /// value the cache declines to admit leaves a miss, never a stale entry.
+    pub(crate) fn apply(&self, writes: &[WriteSet]) {
+        for (key, value) in writes.iter().flatten() {
+            if self.entries.remove(key.as_slice()).is_some() {
+                self.entries
+                    .insert(key.clone(), value.as_deref().map(Arc::from));
+            }
+        }
+    }
+}
+
+/// Committed state read through the cache.
+pub(crate) struct CachedState<'a, S> {
+    pub(crate) base: S,
+    pub(crate) cache: &'a StateCache,
+}
+
+impl<S: StateRead> StateRead for CachedState<'_, S> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(cached) = self.cache.entries.get(key) {
+            return Ok(cached.map(|value| value.to_vec()));
+        }
+        let value = self.base.get(key)?;
+        self.cache
+            .entries
+            .insert(key.to_vec(), value.as_deref().map(Arc::from));
+        Ok(value)
+    }
+
+    fn scan(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
+        self.base.scan(from, to, limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    /// A store that counts its reads.
+    #[derive(Default)]
+    struct Counting {
+        entries: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
+        reads: Mutex<u64>,
+    }
+
+    impl StateRead for &Counting {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            *self.reads.lock().expect("lock") += 1;
+            Ok(self.entries.lock().expect("lock").get(key).cloned())
+        }
+
+        fn scan(&self, _: &[u8], _: &[u8], _: usize) -> Result<Vec<Entry>, StoreError> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn commit(store: &Counting, cache: &StateCache, writes: WriteSet) {
+        let mut entries = store.entries.lock().expect("lock");
+        for (key, value) in &writes {
+            match value {
+                Some(value) => entries.insert(key.clone(), value.clone()),
+                None => entries.remove(key),
+            };
+        }
+        drop(entries);
+        cache.apply(&[writes]);
+    }
+
+    #[test]
+    fn reads_hit_the_cache_and_commits_keep_it_coherent() {
+        let store = Counting::default();
+        let cache = StateCache::new(1 << 20).expect("cache");
+        let state = CachedState {
+            base: &store,
+            cache: &cache,
+        };
+        assert_eq!(state.get(b"a").expect("get"), None);
+        assert_eq!(state.get(b"a").expect("get"), None);
+        assert_eq!(
+            *store.reads.lock().expect("lock"),
+            1,
+            "a miss is cached too"
+        );
+
+        commit(
+            &store,
+            &cache,
+            [(b"a".to_vec(), Some(b"1".to_vec()))].into(),
+        );
+        assert_eq!(state.get(b"a").expect("get"), Some(b"1".to_vec()));
+        commit(&store, &cache, [(b"a".to_vec(), None)].into());
+        assert_eq!(state.get(b"a").expect("get"), None);
+        assert_eq!(*store.reads.lock().expect("lock"), 1);
+
+        // A key written before it was ever read is not cached, and reads the store.
+        commit(
+            &store,
+            &cache,
+            [(b"b".to_vec(), Some(b"2".to_vec()))].into(),
+        );
+        assert_eq!(state.get(b"b").expect("get"), Some(b"2".to_vec()));
+        assert_eq!(*store.reads.lock().expect("lock"), 2);
+    }
+
+    #[test]
+    fn the_cache_stays_within_its_bytes_and_coherent_under_eviction() {
+        let store = Counting::default();
+        let cache = StateCache::new(16 << 10).expect("cache");
+        let state = CachedState {
+            base: &store,
+            cache: &cache,
+        };
+        for round in 0..5u32 {
+            for i in 0..2_000u32 {
+                let key = i.to_be_bytes().to_vec();
+                let value = (i + round).to_be_bytes().to_vec();
+                commit(&store, &cache, [(key.clone(), Some(value.clone()))].into());
+                assert_eq!(state.get(&key).expect("get"), Some(value));
+            }
+            assert!(cache.entries.weight() <= 16 << 10);
+        }
+        for i in 0..2_000u32 {
+            let key = i.to_be_bytes().to_vec();
+            assert_eq!(
+                state.get(&key).expect("get"),
+                Some((i + 4).to_be_bytes().to_vec())
+            );
+        }
+    }
+}
