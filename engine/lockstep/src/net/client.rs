@@ -27,6 +27,10 @@ pub struct ClientConfig {
     pub frame_bytes_max: usize,
     /// Limit on one connection attempt.
     pub connect_timeout: Duration,
+    /// How long to wait for any frame of an answer (beyond the wait a `wait_for` asks for)
+    /// before the connection is deemed dead and the call retried: a half-open connection
+    /// cannot hold a call past its deadline.
+    pub request_timeout: Duration,
 }
 
 impl Default for ClientConfig {
@@ -36,6 +40,7 @@ impl Default for ClientConfig {
             retry_for: Duration::ZERO,
             frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
             connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -185,7 +190,13 @@ impl Client {
             .flush()
             .await
             .map_err(|e| unreachable(&e))?;
-        match read_frame::<_, ServerFrame>(&mut connection.reader, max).await {
+        let reply = tokio::time::timeout(
+            self.config.request_timeout,
+            read_frame::<_, ServerFrame>(&mut connection.reader, max),
+        )
+        .await
+        .map_err(|_| unreachable(&"no handshake reply"))?;
+        match reply {
             Ok(Some(ServerFrame::Welcome { .. })) => Ok(connection),
             Ok(Some(ServerFrame::Fatal { message })) => {
                 if message.starts_with("server busy") {
@@ -208,12 +219,26 @@ impl Client {
     async fn call(&mut self, request: Request) -> Result<Vec<Response>, ClientError> {
         let deadline = Instant::now() + self.config.retry_for;
         let mut backoff = Duration::from_millis(20);
+        // A connection kept from an earlier call may have been closed meanwhile (the server's
+        // idle timeout, a restart): one immediate resend on a new connection is always
+        // allowed, whatever the deadline. Safe, as every request is idempotent.
+        let mut resend_on_new_connection = self.connection.is_some();
         loop {
             let failure = match self.attempt(&request).await {
                 Attempt::Done(result) => return result,
                 Attempt::Retry(message) => message,
             };
             self.connection = None;
+            if std::mem::take(&mut resend_on_new_connection) {
+                match self.open().await {
+                    Ok(connection) => {
+                        self.connection = Some(connection);
+                        continue;
+                    }
+                    Err(ClientError::Unreachable(_)) => {}
+                    Err(other) => return Err(other),
+                }
+            }
             if Instant::now() + backoff > deadline {
                 return Err(ClientError::Unreachable(failure));
             }
@@ -238,18 +263,37 @@ impl Client {
             id,
             request: request.clone(),
         };
-        match write_frame(&mut connection.writer, &frame, max).await {
-            Ok(()) => {}
-            Err(FrameError::Io(e)) => return Attempt::Retry(e.to_string()),
-            Err(e) => return Attempt::Done(Err(ClientError::Codec(e.to_string()))),
-        }
-        if let Err(e) = connection.writer.flush().await {
-            return Attempt::Retry(e.to_string());
+        let request_timeout = self.config.request_timeout;
+        let sent = tokio::time::timeout(request_timeout, async {
+            write_frame(&mut connection.writer, &frame, max).await?;
+            connection.writer.flush().await?;
+            Ok::<(), FrameError>(())
+        })
+        .await;
+        match sent {
+            Ok(Ok(())) => {}
+            Ok(Err(FrameError::Io(e))) => return Attempt::Retry(e.to_string()),
+            Ok(Err(e)) => return Attempt::Done(Err(ClientError::Codec(e.to_string()))),
+            Err(_) => return Attempt::Retry("sending the request timed out".to_string()),
         }
         let streaming = matches!(request, Request::Read { .. });
+        // The server may legitimately hold a `wait_for` answer for as long as it was asked to.
+        let asked_wait = match request {
+            Request::WaitFor { timeout_ms, .. } => Duration::from_millis(*timeout_ms),
+            _ => Duration::ZERO,
+        };
+        let frame_wait = request_timeout.saturating_add(asked_wait);
         let mut responses = Vec::new();
         loop {
-            match read_frame::<_, ServerFrame>(&mut connection.reader, max).await {
+            let Ok(frame) = tokio::time::timeout(
+                frame_wait,
+                read_frame::<_, ServerFrame>(&mut connection.reader, max),
+            )
+            .await
+            else {
+                return Attempt::Retry(format!("no answer within {} ms", frame_wait.as_millis()));
+            };
+            match frame {
                 Ok(Some(ServerFrame::Response { id: got, result })) if got == id => match result {
                     Ok(Response::ReadDone) => return Attempt::Done(Ok(responses)),
                     Ok(response) => {

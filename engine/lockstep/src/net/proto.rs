@@ -214,6 +214,22 @@ where
     R: AsyncRead + Unpin,
     T: DeserializeOwned,
 {
+    let Some(bytes) = read_frame_length(reader, bytes_max).await? else {
+        return Ok(None);
+    };
+    let payload = read_payload(reader, bytes).await?;
+    decode_payload(&payload).map(Some)
+}
+
+/// Reads a frame's length prefix and checks it against `bytes_max`; `Ok(None)` on a clean end
+/// of stream. The server reserves memory for the payload between this and [`read_payload`].
+pub(crate) async fn read_frame_length<R>(
+    reader: &mut R,
+    bytes_max: usize,
+) -> Result<Option<usize>, FrameError>
+where
+    R: AsyncRead + Unpin,
+{
     let mut length = [0u8; 4];
     match reader.read_exact(&mut length).await {
         Ok(_) => {}
@@ -224,9 +240,17 @@ where
     if bytes > bytes_max {
         return Err(FrameError::TooLarge { bytes, bytes_max });
     }
+    Ok(Some(bytes))
+}
+
+/// Reads a frame's payload of `bytes` bytes (already checked against the limit).
+pub(crate) async fn read_payload<R>(reader: &mut R, bytes: usize) -> Result<Vec<u8>, FrameError>
+where
+    R: AsyncRead + Unpin,
+{
     let mut payload = vec![0u8; bytes];
     reader.read_exact(&mut payload).await?;
-    decode_payload(&payload).map(Some)
+    Ok(payload)
 }
 
 pub(crate) fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, FrameError> {

@@ -11,8 +11,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use super::proto::{
-    read_frame, write_frame, ClientFrame, FrameError, Read, Request, Response, ServerFrame,
-    WireError, WireErrorKind, FRAME_BYTES_MAX_DEFAULT, PROTOCOL_VERSION,
+    decode_payload, read_frame, read_frame_length, read_payload, write_frame, ClientFrame,
+    FrameError, Read, Request, Response, ServerFrame, WireError, WireErrorKind,
+    FRAME_BYTES_MAX_DEFAULT, PROTOCOL_VERSION,
 };
 use crate::{Engine, Error};
 
@@ -34,6 +35,14 @@ pub struct ServerConfig {
     pub wait_max: Duration,
     /// How long shutdown waits for connections to finish their current request.
     pub shutdown_grace: Duration,
+    /// A connection that starts no frame for this long is closed (clients reconnect).
+    pub idle_timeout: Duration,
+    /// A frame must arrive whole within this of its length prefix (no trickling bytes).
+    pub frame_timeout: Duration,
+    /// Request bytes buffered or being served at once, across every connection; further
+    /// requests wait for room before they are read. Bounds the server's memory for requests
+    /// whatever the number of connections.
+    pub request_bytes_max: usize,
 }
 
 impl Default for ServerConfig {
@@ -46,6 +55,9 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             wait_max: Duration::from_secs(300),
             shutdown_grace: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(600),
+            frame_timeout: Duration::from_secs(30),
+            request_bytes_max: 256 << 20,
         }
     }
 }
@@ -88,6 +100,7 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let slots = Arc::new(Semaphore::new(self.config.connections_max.max(1)));
+        let budget = Arc::new(RequestBudget::new(self.config.request_bytes_max));
         let mut connections = tokio::task::JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -106,10 +119,11 @@ impl Server {
                     let engine = self.engine.clone();
                     let config = self.config.clone();
                     let stop = stop_rx.clone();
+                    let budget = budget.clone();
                     match slots.clone().try_acquire_owned() {
                         Ok(slot) => {
                             connections.spawn(async move {
-                                serve_connection(stream, engine, config, stop).await;
+                                serve_connection(stream, engine, config, budget, stop).await;
                                 drop(slot);
                             });
                         }
@@ -161,10 +175,51 @@ async fn send(
     Ok(())
 }
 
+fn token_accepted(expected: Option<&str>, presented: Option<&str>) -> bool {
+    match (expected, presented) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        // Constant time in the content, so answer timing does not tell how much of a guess
+        // was right.
+        (Some(expected), Some(presented)) => bool::from(subtle::ConstantTimeEq::ct_eq(
+            expected.as_bytes(),
+            presented.as_bytes(),
+        )),
+    }
+}
+
+/// The server-wide budget of request bytes (`ServerConfig::request_bytes_max`).
+#[derive(Debug)]
+struct RequestBudget {
+    bytes: Semaphore,
+    /// Permits in all: a frame larger than the budget takes all of it rather than wait forever.
+    capacity: u32,
+}
+
+impl RequestBudget {
+    fn new(bytes_max: usize) -> Self {
+        let capacity =
+            u32::try_from(bytes_max.clamp(1, Semaphore::MAX_PERMITS)).unwrap_or(u32::MAX);
+        Self {
+            bytes: Semaphore::new(capacity as usize),
+            capacity,
+        }
+    }
+
+    /// Waits for room for a frame of `bytes`.
+    async fn reserve(&self, bytes: usize) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        let permits = u32::try_from(bytes)
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.capacity);
+        self.bytes.acquire_many(permits).await.ok()
+    }
+}
+
 async fn serve_connection(
     stream: TcpStream,
     engine: Arc<Engine>,
     config: Arc<ServerConfig>,
+    budget: Arc<RequestBudget>,
     mut stop: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
@@ -186,7 +241,7 @@ async fn serve_connection(
                 Some(format!(
                     "protocol version {protocol} is not supported (server speaks {PROTOCOL_VERSION})"
                 ))
-            } else if config.token.is_some() && token != config.token {
+            } else if !token_accepted(config.token.as_deref(), token.as_deref()) {
                 Some("authentication failed: wrong or missing token".to_string())
             } else {
                 None
@@ -212,12 +267,57 @@ async fn serve_connection(
     }
 
     loop {
-        let frame = tokio::select! {
-            frame = read_frame::<_, ClientFrame>(&mut reader, max) => frame,
+        let length = tokio::select! {
+            length = tokio::time::timeout(config.idle_timeout, read_frame_length(&mut reader, max)) => length,
             _ = stop.changed() => return,
         };
-        match frame {
-            Ok(Some(ClientFrame::Request { id, request })) => {
+        let length = match length {
+            Ok(Ok(Some(length))) => length,
+            Ok(Ok(None)) | Ok(Err(FrameError::Io(_))) => return,
+            Err(_) => {
+                // Closed without a word: a frame sent now would be read as the answer to the
+                // client's next request. The client sees the close and reconnects.
+                tracing::debug!(
+                    idle_timeout_ms = config.idle_timeout.as_millis() as u64,
+                    "closing an idle connection"
+                );
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::info!(error = %e, "bad frame; closing connection");
+                let message = e.to_string();
+                let _ = send(&mut writer, &ServerFrame::Fatal { message }, &config).await;
+                return;
+            }
+        };
+        // Room for the request first, so the frames of many connections cannot together
+        // exhaust memory; held until the request is answered.
+        let reserved = tokio::select! {
+            reserved = budget.reserve(length) => reserved,
+            _ = stop.changed() => return,
+        };
+        let Some(_reserved) = reserved else {
+            return;
+        };
+        let payload =
+            match tokio::time::timeout(config.frame_timeout, read_payload(&mut reader, length))
+                .await
+            {
+                Ok(Ok(payload)) => payload,
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    let message = format!(
+                        "a frame of {length} bytes did not arrive within {} s",
+                        config.frame_timeout.as_secs()
+                    );
+                    tracing::info!(%message, "closing connection");
+                    let _ = send(&mut writer, &ServerFrame::Fatal { message }, &config).await;
+                    return;
+                }
+            };
+        match decode_payload::<ClientFrame>(&payload) {
+            Ok(ClientFrame::Request { id, request }) => {
+                drop(payload);
                 if handle(id, request, &engine, &config, &mut writer)
                     .await
                     .is_err()
@@ -225,15 +325,13 @@ async fn serve_connection(
                     return;
                 }
             }
-            Ok(Some(ClientFrame::Hello { .. })) => {
+            Ok(ClientFrame::Hello { .. }) => {
                 let message = "unexpected Hello after the handshake".to_string();
                 let _ = send(&mut writer, &ServerFrame::Fatal { message }, &config).await;
                 return;
             }
-            Ok(None) => return,
-            Err(FrameError::Io(_)) => return,
             Err(e) => {
-                // Oversize or malformed: say why, then close this connection only.
+                // Malformed: say why, then close this connection only.
                 tracing::info!(error = %e, "bad frame; closing connection");
                 let message = e.to_string();
                 let _ = send(&mut writer, &ServerFrame::Fatal { message }, &config).await;
