@@ -12,8 +12,9 @@
 use std::sync::Arc;
 
 use lockstep_core::store::{Entry, StateRead, StoreError, WriteSet};
-use quick_cache::sync::Cache;
+use quick_cache::sync::{Cache, DefaultLifecycle};
 use quick_cache::Weighter;
+use xxhash_rust::xxh3::Xxh3DefaultBuilder;
 
 /// Bookkeeping bytes an entry costs beyond its key and value (hash slot, `Arc`, `Vec` headers).
 const ENTRY_OVERHEAD_BYTES: u64 = 64;
@@ -31,7 +32,9 @@ impl Weighter<Vec<u8>, Cached> for EntryBytes {
 }
 
 pub(crate) struct StateCache {
-    entries: Cache<Vec<u8>, Cached, EntryBytes>,
+    /// A fixed hasher, not a randomly seeded one: which entries are evicted is then the same
+    /// on every run, so a simulation seed replays evictions too.
+    entries: Cache<Vec<u8>, Cached, EntryBytes, Xxh3DefaultBuilder>,
 }
 
 impl std::fmt::Debug for StateCache {
@@ -52,18 +55,24 @@ impl StateCache {
         let bytes_max = bytes_max as u64;
         let items_estimate = (bytes_max / (ENTRY_OVERHEAD_BYTES * 2)).max(16) as usize;
         Some(Self {
-            entries: Cache::with_weighter(items_estimate, bytes_max, EntryBytes),
+            entries: Cache::with(
+                items_estimate,
+                bytes_max,
+                EntryBytes,
+                Xxh3DefaultBuilder::new(),
+                DefaultLifecycle::default(),
+            ),
         })
     }
 
-    /// Refreshes every cached key a durable commit wrote. A key is removed first, so a new
-    /// value the cache declines to admit leaves a miss, never a stale entry.
+    /// Refreshes every cached key a durable commit wrote. `replace` touches only keys already
+    /// cached, and drops the entry when it declines the new value (too heavy), so a write
+    /// never leaves a stale entry behind.
     pub(crate) fn apply(&self, writes: &[WriteSet]) {
         for (key, value) in writes.iter().flatten() {
-            if self.entries.remove(key.as_slice()).is_some() {
-                self.entries
-                    .insert(key.clone(), value.as_deref().map(Arc::from));
-            }
+            let _ = self
+                .entries
+                .replace(key.clone(), value.as_deref().map(Arc::from), true);
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -55,8 +55,9 @@ pub struct EngineOptions {
     pub append_group_bytes_max: usize,
     /// Threads that run the partitions of one round.
     pub threads: usize,
-    /// Most bytes of committed state kept in memory for handlers' point reads (0: none).
-    /// Memory use is bounded by this, not by the size of the state.
+    /// Bytes of committed state kept in memory for handlers' point reads (0: none), counting
+    /// keys, values and an estimate of each entry's bookkeeping; the cache's real footprint
+    /// is proportional to this (up to about twice it), and independent of the state's size.
     pub state_cache_bytes_max: usize,
     /// Faults to inject into durable writes (tests and simulations); `None` in production.
     pub storage_faults: Option<StorageFaults>,
@@ -153,9 +154,23 @@ pub mod failpoints {
 #[derive(Debug, Default)]
 pub(crate) struct Poison {
     reason: OnceLock<String>,
+    /// Held (shared) from a writer's last check to the end of its write, and exclusively to
+    /// set the reason: once poisoned, no write can start (I6), not even one that checked
+    /// just before.
+    gate: RwLock<()>,
 }
 
 impl Poison {
+    /// Admits a durable write: hold the guard across the write.
+    fn admit(&self) -> Result<RwLockReadGuard<'_, ()>, Error> {
+        let guard = self
+            .gate
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.check()?;
+        Ok(guard)
+    }
+
     pub(crate) fn check(&self) -> Result<(), Error> {
         match self.reason.get() {
             None => Ok(()),
@@ -167,6 +182,10 @@ impl Poison {
 
     fn set(&self, reason: String) {
         tracing::error!(%reason, "engine poisoned: refusing all further writes");
+        let _gate = self
+            .gate
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let _ = self.reason.set(reason);
     }
 }
@@ -1226,7 +1245,10 @@ fn run_appender(
         let written = if entries.is_empty() && marks.is_empty() {
             Ok(())
         } else {
-            write_group(shared, &entries, &marks)
+            match shared.poison.admit() {
+                Ok(_gate) => write_group(shared, &entries, &marks).map_err(Error::from),
+                Err(poisoned) => Err(poisoned),
+            }
         };
         drop(entries);
         match written {
@@ -1245,8 +1267,15 @@ fn run_appender(
                 }
             }
             Err(e) => {
-                let reason = format!("depot append failed: {e}");
-                shared.poison_and_wake(reason.clone());
+                let reason = match e {
+                    // Poisoned by a batch's commit since this group's check: nothing written.
+                    Error::Poisoned { reason } => reason,
+                    e => {
+                        let reason = format!("depot append failed: {e}");
+                        shared.poison_and_wake(reason.clone());
+                        reason
+                    }
+                };
                 let replies = accepted
                     .into_iter()
                     .map(|(request, _)| request.reply)
@@ -1488,9 +1517,12 @@ fn run_one_batch(shared: &Shared, state: &TopologyState) -> Result<Option<BatchS
         .map(|(k, v)| (k.len() + v.as_ref().map_or(0, Vec::len)) as u64)
         .sum();
 
-    shared.poison.check()?;
     let commit_started = Instant::now();
-    if let Err(e) = commit(shared, state.id, &record, &output.writes) {
+    let committed = {
+        let _gate = shared.poison.admit()?;
+        commit(shared, state.id, &record, &output.writes)
+    };
+    if let Err(e) = committed {
         let reason = format!("batch {batch_id} of topology {name:?} failed to commit: {e}");
         shared.poison_and_wake(reason.clone());
         state.progress_changed.notify_all();

@@ -19,9 +19,9 @@ use crate::engine::lock;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[non_exhaustive]
 pub enum DurableWrite {
-    /// A group of depot appends (step A4).
+    /// A group of depot appends (step A5).
     Append,
-    /// A batch commit (step B4).
+    /// A batch commit (step B5).
     Commit,
 }
 

@@ -629,6 +629,9 @@ impl<'t, T: SimTarget> Execution<'t, T> {
         let Some(call) = state.outbox.front_mut() else {
             return Ok(());
         };
+        // A call to an engine already poisoned must write nothing, so it cannot be in doubt:
+        // a record of it found on disk later is a write after poisoning (I6).
+        let poisoned_before = engine.poisoned().is_some();
         let result = engine.append_many_idempotent(
             self.target.depot(),
             &call.commands,
@@ -669,7 +672,7 @@ impl<'t, T: SimTarget> Execution<'t, T> {
                 Ok(())
             }
             Err(Error::Poisoned { .. }) => {
-                call.in_doubt = true;
+                call.in_doubt |= !poisoned_before;
                 self.summary.appends_failed += 1;
                 Ok(())
             }

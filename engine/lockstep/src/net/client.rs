@@ -28,8 +28,10 @@ pub struct ClientConfig {
     /// Limit on one connection attempt.
     pub connect_timeout: Duration,
     /// How long to wait for any frame of an answer (beyond the wait a `wait_for` asks for)
-    /// before the connection is deemed dead and the call retried: a half-open connection
-    /// cannot hold a call past its deadline.
+    /// before the connection is deemed dead and the call retried, so a half-open connection
+    /// cannot hold a call forever. A call lasts at most about `retry_for` plus one attempt
+    /// (`request_timeout` plus the asked wait), plus one resend on a new connection when a
+    /// connection kept from an earlier call turns out closed.
     pub request_timeout: Duration,
 }
 
@@ -71,6 +73,8 @@ pub enum ClientError {
 struct Connection {
     reader: BufReader<OwnedReadHalf>,
     writer: BufWriter<OwnedWriteHalf>,
+    /// A call has completed on it: if it fails now, it may have been closed while idle.
+    used: bool,
 }
 
 /// The answer to one [`Read`] of [`Client::read`].
@@ -109,6 +113,8 @@ enum Attempt<T> {
     Done(Result<T, ClientError>),
     /// The connection failed: reconnect and try again if there is time.
     Retry(String),
+    /// The connection turned out closed or reset (not merely slow).
+    Closed(String),
 }
 
 fn random_producer_id() -> u64 {
@@ -176,6 +182,7 @@ impl Client {
         let mut connection = Connection {
             reader: BufReader::new(read_half),
             writer: BufWriter::new(write_half),
+            used: false,
         };
         let hello = ClientFrame::Hello {
             protocol: PROTOCOL_VERSION,
@@ -219,26 +226,41 @@ impl Client {
     async fn call(&mut self, request: Request) -> Result<Vec<Response>, ClientError> {
         let deadline = Instant::now() + self.config.retry_for;
         let mut backoff = Duration::from_millis(20);
-        // A connection kept from an earlier call may have been closed meanwhile (the server's
-        // idle timeout, a restart): one immediate resend on a new connection is always
-        // allowed, whatever the deadline. Safe, as every request is idempotent.
-        let mut resend_on_new_connection = self.connection.is_some();
+        if self.connection.is_none() {
+            // An earlier call failed: this one starts by reconnecting, whatever the deadline.
+            match self.open().await {
+                Ok(connection) => self.connection = Some(connection),
+                Err(ClientError::Unreachable(_)) => {}
+                Err(other) => return Err(other),
+            }
+        }
+        // A connection kept from an earlier call may have been closed while idle (the server's
+        // idle timeout, a restart): if it turns out closed, one immediate resend on a new
+        // connection is allowed, whatever the deadline. Safe, as every request is idempotent.
+        let mut resend_on_new_connection = self.connection.as_ref().is_some_and(|c| c.used);
         loop {
             let failure = match self.attempt(&request).await {
-                Attempt::Done(result) => return result,
-                Attempt::Retry(message) => message,
-            };
-            self.connection = None;
-            if std::mem::take(&mut resend_on_new_connection) {
-                match self.open().await {
-                    Ok(connection) => {
-                        self.connection = Some(connection);
-                        continue;
+                Attempt::Done(result) => {
+                    if let Some(connection) = self.connection.as_mut() {
+                        connection.used = true;
                     }
-                    Err(ClientError::Unreachable(_)) => {}
-                    Err(other) => return Err(other),
+                    return result;
                 }
-            }
+                Attempt::Closed(message) if std::mem::take(&mut resend_on_new_connection) => {
+                    self.connection = None;
+                    match self.open().await {
+                        Ok(connection) => {
+                            self.connection = Some(connection);
+                            continue;
+                        }
+                        Err(ClientError::Unreachable(_)) => message,
+                        Err(other) => return Err(other),
+                    }
+                }
+                Attempt::Retry(message) | Attempt::Closed(message) => message,
+            };
+            resend_on_new_connection = false;
+            self.connection = None;
             if Instant::now() + backoff > deadline {
                 return Err(ClientError::Unreachable(failure));
             }
@@ -272,7 +294,7 @@ impl Client {
         .await;
         match sent {
             Ok(Ok(())) => {}
-            Ok(Err(FrameError::Io(e))) => return Attempt::Retry(e.to_string()),
+            Ok(Err(FrameError::Io(e))) => return Attempt::Closed(e.to_string()),
             Ok(Err(e)) => return Attempt::Done(Err(ClientError::Codec(e.to_string()))),
             Err(_) => return Attempt::Retry("sending the request timed out".to_string()),
         }
@@ -294,6 +316,8 @@ impl Client {
                 return Attempt::Retry(format!("no answer within {} ms", frame_wait.as_millis()));
             };
             match frame {
+                // Answers to an earlier call that was abandoned mid-way (its future dropped).
+                Ok(Some(ServerFrame::Response { id: got, .. })) if got < id => continue,
                 Ok(Some(ServerFrame::Response { id: got, result })) if got == id => match result {
                     Ok(Response::ReadDone) => return Attempt::Done(Ok(responses)),
                     Ok(response) => {
@@ -320,8 +344,8 @@ impl Client {
                         "unexpected frame {other:?}"
                     ))))
                 }
-                Ok(None) => return Attempt::Retry("server closed the connection".to_string()),
-                Err(FrameError::Io(e)) => return Attempt::Retry(e.to_string()),
+                Ok(None) => return Attempt::Closed("server closed the connection".to_string()),
+                Err(FrameError::Io(e)) => return Attempt::Closed(e.to_string()),
                 Err(e) => return Attempt::Done(Err(ClientError::Protocol(e.to_string()))),
             }
         }

@@ -37,11 +37,16 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// A connection that starts no frame for this long is closed (clients reconnect).
     pub idle_timeout: Duration,
-    /// A frame must arrive whole within this of its length prefix (no trickling bytes).
+    /// A frame must arrive whole within this of its length prefix, plus one second per
+    /// `frame_bytes_per_second_min` bytes (no trickling bytes); an answer frame must be taken
+    /// by the client within the same.
     pub frame_timeout: Duration,
-    /// Request bytes buffered or being served at once, across every connection; further
-    /// requests wait for room before they are read. Bounds the server's memory for requests
-    /// whatever the number of connections.
+    /// The slowest transfer rate a large frame is allowed.
+    pub frame_bytes_per_second_min: usize,
+    /// Request bytes being received or decoded at once, across every connection; further
+    /// requests wait for room before they are read. Bounds the server's buffers for requests
+    /// whatever the number of connections. (Bytes on the wire: a decoded request of many tiny
+    /// elements takes several times its frame size.)
     pub request_bytes_max: usize,
 }
 
@@ -57,6 +62,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(600),
             frame_timeout: Duration::from_secs(30),
+            frame_bytes_per_second_min: 1 << 20,
             request_bytes_max: 256 << 20,
         }
     }
@@ -170,9 +176,28 @@ async fn send(
     frame: &ServerFrame,
     config: &ServerConfig,
 ) -> Result<(), FrameError> {
-    write_frame(writer, frame, config.frame_bytes_max).await?;
-    writer.flush().await?;
-    Ok(())
+    // A client that stops reading must not hold this connection's task forever.
+    let limit = frame_time_limit(config, config.frame_bytes_max);
+    tokio::time::timeout(limit, async {
+        write_frame(writer, frame, config.frame_bytes_max).await?;
+        writer.flush().await?;
+        Ok(())
+    })
+    .await
+    .map_err(|_| {
+        FrameError::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the client did not take an answer in time",
+        ))
+    })?
+}
+
+/// How long a frame of `bytes` may take to cross the connection.
+fn frame_time_limit(config: &ServerConfig, bytes: usize) -> Duration {
+    let rate = config.frame_bytes_per_second_min.max(1) as u64;
+    config
+        .frame_timeout
+        .saturating_add(Duration::from_secs(bytes as u64 / rate))
 }
 
 fn token_accepted(expected: Option<&str>, presented: Option<&str>) -> bool {
@@ -291,33 +316,35 @@ async fn serve_connection(
             }
         };
         // Room for the request first, so the frames of many connections cannot together
-        // exhaust memory; held until the request is answered.
+        // exhaust memory; held while the frame is received and decoded, never while it is
+        // served, so a client that stops reading its answers cannot hold it.
         let reserved = tokio::select! {
             reserved = budget.reserve(length) => reserved,
             _ = stop.changed() => return,
         };
-        let Some(_reserved) = reserved else {
+        let Some(reserved) = reserved else {
             return;
         };
+        let frame_limit = frame_time_limit(&config, length);
         let payload =
-            match tokio::time::timeout(config.frame_timeout, read_payload(&mut reader, length))
-                .await
-            {
+            match tokio::time::timeout(frame_limit, read_payload(&mut reader, length)).await {
                 Ok(Ok(payload)) => payload,
                 Ok(Err(_)) => return,
                 Err(_) => {
                     let message = format!(
-                        "a frame of {length} bytes did not arrive within {} s",
-                        config.frame_timeout.as_secs()
+                        "a frame of {length} bytes did not arrive within {} ms",
+                        frame_limit.as_millis()
                     );
                     tracing::info!(%message, "closing connection");
                     let _ = send(&mut writer, &ServerFrame::Fatal { message }, &config).await;
                     return;
                 }
             };
-        match decode_payload::<ClientFrame>(&payload) {
+        let decoded = decode_payload::<ClientFrame>(&payload);
+        drop(payload);
+        drop(reserved);
+        match decoded {
             Ok(ClientFrame::Request { id, request }) => {
-                drop(payload);
                 if handle(id, request, &engine, &config, &mut writer)
                     .await
                     .is_err()
