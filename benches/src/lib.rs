@@ -1,0 +1,3 @@
+//! Shared pieces of the Lockstep benchmark binaries.
+
+pub mod chart;
