@@ -39,6 +39,10 @@ const FONT_FAMILY: &str = "sans-serif";
 
 const CHART_WIDTH_PX: u32 = 1200;
 const CHART_HEIGHT_PX: u32 = 750;
+/// How much taller than the data the y axis is, so the legend (upper left) sits above the lines.
+const LEGEND_HEADROOM: f64 = 1.25;
+/// Labelled ticks per axis, at most.
+const TICKS_MAX: usize = 12;
 
 /// Distinct colors, in the order series are given (then repeated).
 const COLORS: &[RGBColor] = &[
@@ -74,9 +78,9 @@ pub fn line_chart(
     if let Some((x, y)) = points().find(|(x, y)| !x.is_finite() || !y.is_finite()) {
         bail!("chart {title:?}: point ({x}, {y}) is not finite");
     }
-    let x_range = axis_range(points().map(|(x, _)| x), log_x)
+    let x_range = axis_range(points().map(|(x, _)| x), log_x, 1.0)
         .with_context(|| format!("chart {title:?}: x axis"))?;
-    let y_range = axis_range(points().map(|(_, y)| y), log_y)
+    let y_range = axis_range(points().map(|(_, y)| y), log_y, LEGEND_HEADROOM)
         .with_context(|| format!("chart {title:?}: y axis"))?;
     register_font()?;
 
@@ -131,6 +135,8 @@ where
         .map_err(plot_error)?;
     chart
         .configure_mesh()
+        .x_labels(TICKS_MAX)
+        .y_labels(TICKS_MAX)
         .x_desc(labels.x_label)
         .y_desc(labels.y_label)
         .x_label_formatter(&|v| tick_label(*v))
@@ -179,7 +185,13 @@ fn plot_error(error: impl std::fmt::Display) -> anyhow::Error {
 
 /// The drawn range of an axis: from zero (or the smallest value, if negative) with a margin
 /// above on a linear axis; a margin of a factor each side on a logarithmic one.
-fn axis_range(values: impl Iterator<Item = f64>, log: bool) -> anyhow::Result<Range<f64>> {
+///
+/// `headroom` (1 or more) stretches the top further, to keep the legend off the lines.
+fn axis_range(
+    values: impl Iterator<Item = f64>,
+    log: bool,
+    headroom: f64,
+) -> anyhow::Result<Range<f64>> {
     let (low, high) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(low, high), v| {
         (low.min(v), high.max(v))
     });
@@ -187,12 +199,12 @@ fn axis_range(values: impl Iterator<Item = f64>, log: bool) -> anyhow::Result<Ra
         if low <= 0.0 {
             bail!("a logarithmic axis needs positive values, got {low}");
         }
-        return Ok(low / 1.5..high * 1.5);
+        return Ok(low / 1.5..high * 1.5 * headroom.powi(2));
     }
     let low = low.min(0.0);
     let high = high.max(0.0);
     let span = if high > low { high - low } else { 1.0 };
-    Ok(low..high + span * 0.08)
+    Ok(low..high + span * (0.08 + headroom - 1.0))
 }
 
 /// A short tick label: `2.5k`, `10M`, `0.25`.
@@ -284,8 +296,8 @@ mod tests {
 
     #[test]
     fn log_axis_refuses_zero() {
-        assert!(axis_range([0.0, 10.0].into_iter(), true).is_err());
-        let linear = axis_range([5.0, 10.0].into_iter(), false).expect("linear range");
+        assert!(axis_range([0.0, 10.0].into_iter(), true, 1.0).is_err());
+        let linear = axis_range([5.0, 10.0].into_iter(), false, 1.0).expect("linear range");
         assert_eq!(linear.start, 0.0);
         assert!(linear.end > 10.0);
     }
