@@ -1,4 +1,4 @@
-//! PNG line charts for benchmark results, drawn with plotters' pure-Rust bitmap backend.
+//! PNG line and bar charts for benchmark results, drawn with plotters' pure-Rust bitmap backend.
 //!
 //! Text needs a TrueType font, loaded at run time rather than compiled in (plotters' `ttf`
 //! feature would need fontconfig and other system libraries at build time). The first chart
@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use anyhow::{anyhow, bail, Context};
-use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
+use plotters::coord::ranged1d::{AsRangedCoord, SegmentValue, ValueFormatter};
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 /// One line of a chart: its legend label and its points `(x, y)`, drawn in the given order.
 #[derive(Debug, Clone, PartialEq)]
@@ -103,6 +104,109 @@ pub fn line_chart(
         ),
     }
     .with_context(|| format!("drawing chart {title:?} to {}", path.display()))
+}
+
+/// One bar of a bar chart: its category and its height.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bar {
+    pub label: String,
+    pub value: f64,
+}
+
+/// Draws one bar per category, in the given order, its value written above it, into a PNG at
+/// `path`. `log_y` uses a logarithmic value axis (every value must then be positive), for
+/// values orders of magnitude apart. Fails as [`line_chart`] does.
+pub fn bar_chart(
+    path: &Path,
+    title: &str,
+    y_label: &str,
+    bars: &[Bar],
+    log_y: bool,
+) -> anyhow::Result<()> {
+    if bars.is_empty() {
+        bail!("chart {title:?}: no bars to draw");
+    }
+    if let Some(bar) = bars.iter().find(|b| !b.value.is_finite()) {
+        bail!("chart {title:?}: bar {:?} is not finite", bar.label);
+    }
+    let y_range = axis_range(bars.iter().map(|b| b.value), log_y, 1.0)
+        .with_context(|| format!("chart {title:?}: value axis"))?;
+    register_font()?;
+    if log_y {
+        draw_bars(path, title, y_label, bars, y_range.log_scale())
+    } else {
+        draw_bars(path, title, y_label, bars, y_range)
+    }
+    .with_context(|| format!("drawing chart {title:?} to {}", path.display()))
+}
+
+fn draw_bars<Y>(
+    path: &Path,
+    title: &str,
+    y_label: &str,
+    bars: &[Bar],
+    y_axis: Y,
+) -> anyhow::Result<()>
+where
+    Y: AsRangedCoord<Value = f64>,
+    Y::CoordDescType: ValueFormatter<f64>,
+{
+    let root = BitMapBackend::new(path, (CHART_WIDTH_PX, CHART_HEIGHT_PX)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_error)?;
+    let count = i32::try_from(bars.len()).context("too many bars")?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, (FONT_FAMILY, 30))
+        .margin(20)
+        .x_label_area_size(60)
+        .y_label_area_size(100)
+        // A segmented range has a segment for each end: `0..count - 1` is `count` segments.
+        .build_cartesian_2d((0..count - 1).into_segmented(), y_axis)
+        .map_err(plot_error)?;
+    let category = |value: &SegmentValue<i32>| match value {
+        SegmentValue::CenterOf(index) => usize::try_from(*index)
+            .ok()
+            .and_then(|i| bars.get(i))
+            .map_or_else(String::new, |bar| bar.label.clone()),
+        _ => String::new(),
+    };
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(bars.len())
+        .y_labels(TICKS_MAX)
+        .x_label_formatter(&category)
+        .y_label_formatter(&|v| tick_label(*v))
+        .y_desc(y_label)
+        .label_style((FONT_FAMILY, 18))
+        .axis_desc_style((FONT_FAMILY, 20))
+        .light_line_style(RGBColor(235, 235, 235))
+        .draw()
+        .map_err(plot_error)?;
+    let floor = chart.y_range().start;
+    for (index, bar) in (0..count).zip(bars) {
+        let color = COLORS[index as usize % COLORS.len()];
+        let mut rectangle = Rectangle::new(
+            [
+                (SegmentValue::Exact(index), floor),
+                (SegmentValue::Exact(index + 1), bar.value),
+            ],
+            color.filled(),
+        );
+        rectangle.set_margin(0, 0, 12, 12);
+        chart.draw_series([rectangle]).map_err(plot_error)?;
+        chart
+            .draw_series([Text::new(
+                tick_label(bar.value),
+                (SegmentValue::CenterOf(index), bar.value),
+                (FONT_FAMILY, 18)
+                    .into_font()
+                    .color(&BLACK)
+                    .pos(Pos::new(HPos::Center, VPos::Bottom)),
+            )])
+            .map_err(plot_error)?;
+    }
+    root.present().map_err(plot_error)?;
+    Ok(())
 }
 
 struct Labels<'a> {

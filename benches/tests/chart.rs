@@ -1,6 +1,6 @@
 //! The chart module writes a PNG, or says plainly why it cannot (no font on this machine).
 
-use lockstep_benches::chart::{line_chart, Series};
+use lockstep_benches::chart::{bar_chart, line_chart, Bar, Series};
 
 fn sample_series() -> Vec<Series> {
     vec![
@@ -41,6 +41,36 @@ fn writes_a_png_or_names_the_missing_font() {
             }
         }
     }
+}
+
+#[test]
+fn writes_a_bar_chart_or_names_the_missing_font() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bars: Vec<Bar> = [
+        ("embedded", 160_000.0),
+        ("postgres", 3_800.0),
+        ("ceiling", 700_000.0),
+    ]
+    .into_iter()
+    .map(|(label, value)| Bar {
+        label: label.to_string(),
+        value,
+    })
+    .collect();
+    for log_y in [false, true] {
+        let path = dir.path().join(format!("bars-{log_y}.png"));
+        match bar_chart(&path, "Sample bars", "commands/s", &bars, log_y) {
+            Ok(()) => {
+                let bytes = std::fs::read(&path).expect("chart written");
+                assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+            }
+            Err(error) => {
+                let message = format!("{error:#}");
+                assert!(message.contains("fonts-dejavu-core"), "{message}");
+            }
+        }
+    }
+    assert!(bar_chart(&dir.path().join("none.png"), "none", "y", &[], false).is_err());
 }
 
 #[test]

@@ -17,6 +17,7 @@ use anyhow::{bail, ensure, Context};
 use clap::Parser;
 use lockstep::net::{Client, ClientConfig, Server, ServerConfig};
 use lockstep::Engine;
+use lockstep_benches::chart::{bar_chart, Bar};
 use lockstep_benches::components::open_lockstep;
 use lockstep_benches::measure::{
     disk_bytes, latency_run, median, peak_rss_mib, percentile_ms, pipelined_latency_run,
@@ -58,6 +59,9 @@ struct Args {
     /// Leave PostgreSQL out.
     #[arg(long)]
     skip_postgres: bool,
+    /// Where the charts of throughput and p99 latency per system go.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/charts"))]
+    charts: PathBuf,
 }
 
 // ---- workload and digest ----
@@ -672,6 +676,43 @@ fn postgres_latency(
     })
 }
 
+// ---- charts ----
+
+/// Throughput of every system, and p99 latency of those measured for it, as bar charts.
+fn system_charts(
+    dir: &Path,
+    rows: &[(&str, Measured)],
+    commands: f64,
+) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let bars = |value: fn(&Measured) -> f64| -> Vec<Bar> {
+        rows.iter()
+            .filter(|(_, m)| value(m).is_finite())
+            .map(|(label, m)| Bar {
+                label: (*label).to_string(),
+                value: value(m),
+            })
+            .collect()
+    };
+    let throughput = dir.join("components-throughput.png");
+    bar_chart(
+        &throughput,
+        &format!("Component workload: throughput per system ({commands} commands, median)"),
+        "commands/s (log scale)",
+        &bars(|m| m.commands_per_s),
+        true,
+    )?;
+    let latency = dir.join("components-p99.png");
+    bar_chart(
+        &latency,
+        "Component workload: p99 append-to-visible latency (open loop, half of peak)",
+        "p99 milliseconds",
+        &bars(|m| m.p99_ms),
+        false,
+    )?;
+    Ok(vec![throughput, latency])
+}
+
 // ---- main ----
 
 fn main() -> anyhow::Result<()> {
@@ -822,6 +863,9 @@ fn main() -> anyhow::Result<()> {
         "lockstep embedded / raw rocksdb ceiling: {:.0}%",
         100.0 * embedded.commands_per_s / ceiling_rate
     );
+    for chart in system_charts(&args.charts, &rows, total)? {
+        println!("chart: {}", chart.display());
+    }
     if rows.iter().any(|(_, m)| !m.digest_ok) {
         bail!("a system ended in a different state than the sequential model");
     }

@@ -82,6 +82,10 @@ struct Args {
     /// Where the charts go.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/charts"))]
     charts: PathBuf,
+    /// Seconds to pause after loading, before measuring: lets RocksDB work off the
+    /// compactions the bulk load queued (on two cores they compete with the workload).
+    #[arg(long, default_value_t = 10.0)]
+    settle_seconds: f64,
     /// Directory under which the engine's data directories are made (removed afterwards).
     #[arg(long)]
     data_parent: Option<PathBuf>,
@@ -437,6 +441,7 @@ fn load_and_measure(
          ({:.0}/s), {} in the tree; measuring ...",
         checkpoint.load_components_per_s, checkpoint.components_start
     );
+    std::thread::sleep(Duration::from_secs_f64(args.settle_seconds));
     measurer.checkpoint(&mut checkpoint)?;
     checkpoint.rss_peak_mib = peak_rss_mib();
     checkpoint.rss_end_mib = rss_mib();
