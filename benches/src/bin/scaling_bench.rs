@@ -103,6 +103,11 @@ struct Checkpoint {
     load_components_per_s: f64,
     commands_per_s: f64,
     applied_share: f64,
+    /// Over the throughput windows: state entries written per command, commands per batch,
+    /// and the share of the time spent in synced commit writes.
+    writes_per_command: f64,
+    commands_per_batch: f64,
+    commit_share: f64,
     p50_ms: f64,
     p99_ms: f64,
     /// Peak resident memory while loading up to this checkpoint and measuring it.
@@ -177,7 +182,17 @@ impl TreeLoader {
     ) -> anyhow::Result<()> {
         let end = self.next_index + count;
         let mut outstanding: VecDeque<RecordId> = VecDeque::new();
+        let started = Instant::now();
+        let first = self.next_index;
         while self.next_index < end {
+            if self.next_index > first && self.next_index.is_multiple_of(LOAD_PROGRESS_EVERY) {
+                let loaded = self.next_index - first;
+                eprintln!(
+                    "    appended {loaded} creates in {:.0}s ({:.0}/s)",
+                    started.elapsed().as_secs_f64(),
+                    loaded as f64 / started.elapsed().as_secs_f64()
+                );
+            }
             let upto = (self.next_index + chunk as u64).min(end);
             let creates: Vec<Command> = (self.next_index..upto).map(|i| self.create(i)).collect();
             let ids = engine.append_many(&handles.commands, &creates)?;
@@ -224,6 +239,9 @@ struct Client {
     commands: u64,
     applied: u64,
 }
+
+/// How often a long load reports its progress, in creates.
+const LOAD_PROGRESS_EVERY: u64 = 1_000_000;
 
 /// Load-and-count rounds before measuring a tree that is still short of its target size.
 const LOAD_ROUNDS_MAX: usize = 5;
@@ -359,11 +377,21 @@ impl Measurer<'_> {
         let tree_size = checkpoint.components_start;
         let mut rates = Vec::new();
         let mut applied = Vec::new();
+        let before = self.engine.stats(TOPOLOGY)?;
+        let started = Instant::now();
         for _ in 0..self.args.runs {
             let (rate, share) = self.throughput(tree_size)?;
             rates.push(rate);
             applied.push(share);
         }
+        let elapsed_us = started.elapsed().as_micros() as f64;
+        let after = self.engine.stats(TOPOLOGY)?;
+        let records = after.records.saturating_sub(before.records).max(1) as f64;
+        checkpoint.writes_per_command = after.writes.saturating_sub(before.writes) as f64 / records;
+        checkpoint.commands_per_batch =
+            records / after.batches.saturating_sub(before.batches).max(1) as f64;
+        checkpoint.commit_share =
+            after.commit_time_us.saturating_sub(before.commit_time_us) as f64 / elapsed_us;
         checkpoint.commands_per_s = median(rates);
         checkpoint.applied_share = median(applied);
         let latencies = self.latency(tree_size, checkpoint.commands_per_s / 2.0)?;
@@ -532,7 +560,7 @@ fn close(engine: Arc<Engine>) {
 fn print_table(title: &str, checkpoints: &[Checkpoint]) {
     println!("{title}");
     println!(
-        "{:>5} {:>10} {:>10} {:>8} {:>10} {:>11} {:>8} {:>7} {:>7} {:>9} {:>8} {:>9}",
+        "{:>5} {:>10} {:>10} {:>8} {:>10} {:>11} {:>8} {:>7} {:>9} {:>8} {:>7} {:>7} {:>9} {:>8} {:>9}",
         "parts",
         "tree start",
         "tree end",
@@ -540,6 +568,9 @@ fn print_table(title: &str, checkpoints: &[Checkpoint]) {
         "load/s",
         "commands/s",
         "applied",
+        "wr/cmd",
+        "cmd/batch",
+        "commit",
         "p50 ms",
         "p99 ms",
         "peak RSS",
@@ -548,7 +579,7 @@ fn print_table(title: &str, checkpoints: &[Checkpoint]) {
     );
     for c in checkpoints {
         println!(
-            "{:>5} {:>10} {:>10} {:>8.1} {:>10.0} {:>11.0} {:>7.0}% {:>7.1} {:>7.1} {:>9.0} {:>8.0} {:>9.0}",
+            "{:>5} {:>10} {:>10} {:>8.1} {:>10.0} {:>11.0} {:>7.0}% {:>7.1} {:>9.0} {:>7.0}% {:>7.1} {:>7.1} {:>9.0} {:>8.0} {:>9.0}",
             c.partitions,
             c.components_start,
             c.components_end,
@@ -556,6 +587,9 @@ fn print_table(title: &str, checkpoints: &[Checkpoint]) {
             c.load_components_per_s,
             c.commands_per_s,
             100.0 * c.applied_share,
+            c.writes_per_command,
+            c.commands_per_batch,
+            100.0 * c.commit_share,
             c.p50_ms,
             c.p99_ms,
             c.rss_peak_mib,
