@@ -1,11 +1,12 @@
-//! The component workload on embedded Lockstep as the tree grows (to 1M components by default,
-//! 10M with `--sizes`) and as the partition count goes 1 → 4 → 16 → 64: throughput,
+//! The component workload on embedded Lockstep as the state grows (to 1M components by
+//! default, 10M with `--sizes`) and as the partition count goes 1 → 4 → 16 → 64: throughput,
 //! append-to-visible latency, resident memory and bytes on disk at each checkpoint.
 //!
-//! The tree is loaded with large append calls of creates (each under a random earlier
-//! component, or a root), then measured with the mixed workload of `components-bench`, whose
-//! clients are seeded with components spread over the whole tree, so reads and writes land all
-//! over the state rather than on the recent part of it.
+//! The components are loaded with large append calls of creates, as a forest (trees of 1000
+//! components by default, each new component under a random earlier one of its tree), then
+//! measured with the mixed workload of `components-bench`, whose clients are seeded with
+//! components spread over the whole forest, so reads and writes land all over the state rather
+//! than on the recent part of it.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -51,6 +52,9 @@ struct Args {
     /// the oldest one's outcomes.
     #[arg(long, default_value_t = 4)]
     in_flight: usize,
+    /// Whole runs (loading included); each figure reported is the median over them.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
     /// Throughput windows per checkpoint; the median is reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
@@ -60,6 +64,9 @@ struct Args {
     /// Seconds of the latency window, open loop at half the checkpoint's throughput.
     #[arg(long, default_value_t = 2.0)]
     latency_seconds: f64,
+    /// Components per tree of the loaded forest (each a random recursive tree).
+    #[arg(long, default_value_t = 1000)]
+    components_per_tree: u64,
     /// Creates per append call while loading the tree.
     #[arg(long, default_value_t = 10_000)]
     load_chunk: usize,
@@ -118,14 +125,18 @@ struct Checkpoint {
 
 // ---- the tree loader ----
 
-/// Loads the tree in component order: component `n` is `t{n}`, a root one time in a hundred,
-/// else a child of a uniformly chosen component loaded earlier in the same pass (a random
-/// recursive forest: average depth grows as ln n, so reparent cycle checks walk further as the
-/// tree grows). Parents come from the current pass only because nothing deletes while a pass
-/// loads, so every parent exists; earlier passes' components may have been deleted by the
-/// measured workload's cascades since, and a create under a deleted parent would be rejected.
+/// Loads the tree in component order: component `n` is `t{n}`. Components come in trees of
+/// `components_per_tree` (a root, then each later one a child of a uniformly chosen earlier
+/// one of its tree: a random recursive tree, average depth about ln of its size), so the state
+/// grows with the component count while the shape of each tree stays the same: what changes
+/// with size is how much state there is, not how far a cycle check walks or how much one
+/// cascade deletes. (One ever-growing random tree would make a cascade delete near its root
+/// remove most of the state in one command.) Parents come from the current pass only because
+/// nothing deletes while a pass loads, so every parent exists; components of earlier passes
+/// may have been deleted by the measured workload since.
 struct TreeLoader {
     seed: u64,
+    components_per_tree: u64,
     next_index: u64,
     pass_start: u64,
 }
@@ -143,9 +154,10 @@ fn tree_id(index: u64) -> String {
 }
 
 impl TreeLoader {
-    fn new(seed: u64) -> Self {
+    fn new(seed: u64, components_per_tree: u64) -> Self {
         Self {
             seed,
+            components_per_tree: components_per_tree.max(1),
             next_index: 0,
             pass_start: 0,
         }
@@ -158,9 +170,9 @@ impl TreeLoader {
 
     fn create(&self, index: u64) -> Command {
         let hash = mix(self.seed ^ index.wrapping_mul(0xA24B_AED4_963E_E407));
-        let earlier = index - self.pass_start;
-        let parent = (earlier > 0 && !hash.is_multiple_of(100))
-            .then(|| tree_id(self.pass_start + (hash >> 8) % earlier));
+        let in_tree = (index - self.pass_start) % self.components_per_tree;
+        let tree_root = index - in_tree;
+        let parent = (in_tree > 0).then(|| tree_id(tree_root + hash % in_tree));
         let mut attrs = Attrs::new();
         attrs.insert("k0".to_string(), format!("v{}", hash % 1000));
         Command::Create {
@@ -495,7 +507,7 @@ fn size_run(args: &Args) -> anyhow::Result<(Vec<Checkpoint>, f64)> {
         handles: &handles,
         next_client: 0,
     };
-    let mut loader = TreeLoader::new(args.seed);
+    let mut loader = TreeLoader::new(args.seed, args.components_per_tree);
     let started = Instant::now();
     let mut checkpoints: Vec<Checkpoint> = Vec::new();
     for &size in &args.sizes {
@@ -534,7 +546,7 @@ fn partition_run(args: &Args) -> anyhow::Result<Vec<Checkpoint>> {
             handles: &handles,
             next_client: 0,
         };
-        let mut loader = TreeLoader::new(args.seed);
+        let mut loader = TreeLoader::new(args.seed, args.components_per_tree);
         checkpoints.push(load_and_measure(
             &mut measurer,
             &mut loader,
@@ -553,6 +565,42 @@ fn close(engine: Arc<Engine>) {
     if let Ok(engine) = Arc::try_unwrap(engine) {
         engine.close();
     }
+}
+
+/// Each checkpoint's every figure, the median over the repeated runs (figures of one row may
+/// then come from different runs).
+fn median_checkpoints(repeats: &[Vec<Checkpoint>]) -> Vec<Checkpoint> {
+    let Some(first) = repeats.first() else {
+        return Vec::new();
+    };
+    let of = |row: usize, field: fn(&Checkpoint) -> f64| {
+        median(
+            repeats
+                .iter()
+                .filter_map(|run| run.get(row))
+                .map(field)
+                .collect(),
+        )
+    };
+    (0..first.len())
+        .map(|row| Checkpoint {
+            partitions: first[row].partitions,
+            components_start: of(row, |c| c.components_start as f64) as u64,
+            components_end: of(row, |c| c.components_end as f64) as u64,
+            load_seconds: of(row, |c| c.load_seconds),
+            load_components_per_s: of(row, |c| c.load_components_per_s),
+            commands_per_s: of(row, |c| c.commands_per_s),
+            applied_share: of(row, |c| c.applied_share),
+            writes_per_command: of(row, |c| c.writes_per_command),
+            commands_per_batch: of(row, |c| c.commands_per_batch),
+            commit_share: of(row, |c| c.commit_share),
+            p50_ms: of(row, |c| c.p50_ms),
+            p99_ms: of(row, |c| c.p99_ms),
+            rss_peak_mib: of(row, |c| c.rss_peak_mib),
+            rss_end_mib: of(row, |c| c.rss_end_mib),
+            disk_mib: of(row, |c| c.disk_mib),
+        })
+        .collect()
 }
 
 // ---- output ----
@@ -621,8 +669,8 @@ fn size_charts(dir: &Path, checkpoints: &[Checkpoint]) -> anyhow::Result<Vec<Pat
     ];
     line_chart(
         &paths[0],
-        "Component workload as the tree grows (embedded, 8 partitions)",
-        "components in the tree",
+        "Component workload as the state grows (embedded, 8 partitions)",
+        "components stored",
         "per second",
         &[
             series("mixed commands/s", checkpoints, tree, |c| c.commands_per_s),
@@ -635,8 +683,8 @@ fn size_charts(dir: &Path, checkpoints: &[Checkpoint]) -> anyhow::Result<Vec<Pat
     )?;
     line_chart(
         &paths[1],
-        "Append-to-visible latency as the tree grows (open loop, half of peak)",
-        "components in the tree",
+        "Append-to-visible latency as the state grows (open loop, half of peak)",
+        "components stored",
         "milliseconds",
         &[
             series("p50", checkpoints, tree, |c| c.p50_ms),
@@ -647,8 +695,8 @@ fn size_charts(dir: &Path, checkpoints: &[Checkpoint]) -> anyhow::Result<Vec<Pat
     )?;
     line_chart(
         &paths[2],
-        "Memory and disk as the tree grows",
-        "components in the tree",
+        "Memory and disk as the state grows",
+        "components stored",
         "MiB",
         &[
             series("peak RSS", checkpoints, tree, |c| c.rss_peak_mib),
@@ -697,8 +745,12 @@ fn partition_charts(dir: &Path, checkpoints: &[Checkpoint]) -> anyhow::Result<Ve
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     ensure!(
-        args.clients > 0 && args.chunk > 0 && args.in_flight > 0 && args.runs > 0,
-        "--clients, --chunk, --in-flight and --runs must be at least 1"
+        args.clients > 0
+            && args.chunk > 0
+            && args.in_flight > 0
+            && args.runs > 0
+            && args.repeats > 0,
+        "--clients, --chunk, --in-flight, --runs and --repeats must be at least 1"
     );
     ensure!(
         args.load_chunk > 0 && args.load_in_flight > 0,
@@ -718,20 +770,45 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", args.charts.display()))?;
     let mut charts = Vec::new();
     if !args.skip_sizes {
-        let (checkpoints, seconds) = size_run(&args)?;
+        let mut repeats = Vec::new();
+        let mut seconds = Vec::new();
+        for repeat in 1..=args.repeats {
+            eprintln!("size run {repeat} of {}", args.repeats);
+            let (checkpoints, run_seconds) = size_run(&args)?;
+            if args.repeats > 1 {
+                print_table(&format!("size run {repeat}"), &checkpoints);
+            }
+            repeats.push(checkpoints);
+            seconds.push(run_seconds);
+        }
+        let checkpoints = median_checkpoints(&repeats);
         print_table(
             &format!(
-                "growing tree, {} partitions ({:.0}s in all, loading included)",
-                args.partitions, seconds
+                "growing state, {} partitions, median of {} runs (a run: {:.0}s, loading included)",
+                args.partitions,
+                args.repeats,
+                median(seconds)
             ),
             &checkpoints,
         );
         charts.extend(size_charts(&args.charts, &checkpoints)?);
     }
     if !args.skip_partitions {
-        let checkpoints = partition_run(&args)?;
+        let mut repeats = Vec::new();
+        for repeat in 1..=args.repeats {
+            eprintln!("partition run {repeat} of {}", args.repeats);
+            let checkpoints = partition_run(&args)?;
+            if args.repeats > 1 {
+                print_table(&format!("partition run {repeat}"), &checkpoints);
+            }
+            repeats.push(checkpoints);
+        }
+        let checkpoints = median_checkpoints(&repeats);
         print_table(
-            &format!("partitions, {} components", args.partition_run_size),
+            &format!(
+                "partitions, {} components, median of {} runs",
+                args.partition_run_size, args.repeats
+            ),
             &checkpoints,
         );
         charts.extend(partition_charts(&args.charts, &checkpoints)?);
