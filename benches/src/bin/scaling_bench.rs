@@ -197,8 +197,10 @@ impl TreeLoader {
         let started = Instant::now();
         let first = self.next_index;
         while self.next_index < end {
-            if self.next_index > first && self.next_index.is_multiple_of(LOAD_PROGRESS_EVERY) {
-                let loaded = self.next_index - first;
+            let loaded = self.next_index - first;
+            if loaded > 0
+                && loaded / LOAD_PROGRESS_EVERY != (loaded - chunk as u64) / LOAD_PROGRESS_EVERY
+            {
                 eprintln!(
                     "    appended {loaded} creates in {:.0}s ({:.0}/s)",
                     started.elapsed().as_secs_f64(),
