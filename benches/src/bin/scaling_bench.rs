@@ -26,8 +26,11 @@ use lockstep_topologies::components::workload::Workload;
 use lockstep_topologies::components::{
     read_outcome, Attrs, Command, Components, Outcome, TOPOLOGY,
 };
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Parser)]
+// Each measured run is this binary again, with overriding flags appended to the caller's.
+#[command(args_override_self = true)]
 struct Args {
     /// Tree sizes (components) at which the workload is measured, loading the tree up to each
     /// in turn. `--sizes 10000,100000,1000000,10000000` is the 10M run.
@@ -96,10 +99,17 @@ struct Args {
     /// Directory under which the engine's data directories are made (removed afterwards).
     #[arg(long)]
     data_parent: Option<PathBuf>,
+    /// Internal: run once, write the checkpoints as JSON here, and draw nothing.
+    #[arg(long, hide = true)]
+    child_output: Option<PathBuf>,
+    /// Internal: the one partition count of a child's partition run (list flags given twice
+    /// add up rather than override).
+    #[arg(long, hide = true)]
+    child_partitions: Option<u32>,
 }
 
 /// One checkpoint: the tree as loaded, then the workload measured on it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Checkpoint {
     partitions: u32,
     /// Components when the windows started, and when they ended (the windows' own creates and
@@ -535,7 +545,10 @@ fn size_run(args: &Args) -> anyhow::Result<(Vec<Checkpoint>, f64)> {
 
 fn partition_run(args: &Args) -> anyhow::Result<Vec<Checkpoint>> {
     let mut checkpoints = Vec::new();
-    for &partitions in &args.partition_counts {
+    let counts = args
+        .child_partitions
+        .map_or_else(|| args.partition_counts.clone(), |p| vec![p]);
+    for partitions in counts {
         eprintln!(
             "partition run: {partitions} partitions, {} components",
             args.partition_run_size
@@ -567,6 +580,25 @@ fn close(engine: Arc<Engine>) {
     if let Ok(engine) = Arc::try_unwrap(engine) {
         engine.close();
     }
+}
+
+/// Runs this binary once more with the caller's flags and `overrides`, in a process of its
+/// own: memory a run freed stays with the process (the allocator keeps it), so a later run in
+/// the same process would start from the earlier one's peak and its RSS figures would mean
+/// nothing.
+fn child_run(overrides: &[String]) -> anyhow::Result<Vec<Checkpoint>> {
+    let output = tempfile::NamedTempFile::new()?;
+    let status = std::process::Command::new(std::env::current_exe()?)
+        .args(std::env::args_os().skip(1))
+        .args(overrides)
+        .args(["--repeats", "1", "--child-output"])
+        .arg(output.path())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("starting a measured run")?;
+    ensure!(status.success(), "a measured run failed: {status}");
+    let json = std::fs::read(output.path())?;
+    Ok(serde_json::from_slice(&json)?)
 }
 
 /// Each checkpoint's every figure, the median over the repeated runs (figures of one row may
@@ -768,6 +800,15 @@ fn main() -> anyhow::Result<()> {
         args.latency_seconds,
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
+    if let Some(output) = &args.child_output {
+        let checkpoints = if args.skip_sizes {
+            partition_run(&args)?
+        } else {
+            size_run(&args)?.0
+        };
+        std::fs::write(output, serde_json::to_vec(&checkpoints)?)?;
+        return Ok(());
+    }
     std::fs::create_dir_all(&args.charts)
         .with_context(|| format!("creating {}", args.charts.display()))?;
     let mut charts = Vec::new();
@@ -776,12 +817,13 @@ fn main() -> anyhow::Result<()> {
         let mut seconds = Vec::new();
         for repeat in 1..=args.repeats {
             eprintln!("size run {repeat} of {}", args.repeats);
-            let (checkpoints, run_seconds) = size_run(&args)?;
+            let started = Instant::now();
+            let checkpoints = child_run(&["--skip-partitions".to_string()])?;
+            seconds.push(started.elapsed().as_secs_f64());
             if args.repeats > 1 {
                 print_table(&format!("size run {repeat}"), &checkpoints);
             }
             repeats.push(checkpoints);
-            seconds.push(run_seconds);
         }
         let checkpoints = median_checkpoints(&repeats);
         print_table(
@@ -799,7 +841,14 @@ fn main() -> anyhow::Result<()> {
         let mut repeats = Vec::new();
         for repeat in 1..=args.repeats {
             eprintln!("partition run {repeat} of {}", args.repeats);
-            let checkpoints = partition_run(&args)?;
+            let mut checkpoints = Vec::new();
+            for partitions in &args.partition_counts {
+                checkpoints.extend(child_run(&[
+                    "--skip-sizes".to_string(),
+                    "--child-partitions".to_string(),
+                    partitions.to_string(),
+                ])?);
+            }
             if args.repeats > 1 {
                 print_table(&format!("partition run {repeat}"), &checkpoints);
             }
@@ -815,7 +864,6 @@ fn main() -> anyhow::Result<()> {
         );
         charts.extend(partition_charts(&args.charts, &checkpoints)?);
     }
-
     for chart in charts {
         println!("chart: {}", chart.display());
     }
