@@ -100,6 +100,19 @@ pub struct BatchSummary {
     pub commit_latency_us: u64,
 }
 
+/// A depot record with its position and its global append sequence number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SequencedRecord<T> {
+    /// Offset within its partition.
+    pub offset: u64,
+    /// Global append sequence number: strictly increasing across every depot and partition in
+    /// the order appends became durable.
+    pub seq: u64,
+    /// The record.
+    pub record: T,
+}
+
 /// Failpoint names (compiled in with the `failpoints` feature). Each sits at a durable step of
 /// `engine/docs/commit-protocol.md`; firing one makes that step fail as a crash there would.
 pub mod failpoints {
@@ -939,6 +952,23 @@ impl Engine {
         from_offset: u64,
         limit: usize,
     ) -> Result<Vec<(u64, T)>, Error> {
+        Ok(self
+            .read_depot_sequenced(depot, partition, from_offset, limit)?
+            .into_iter()
+            .map(|stored| (stored.offset, stored.record))
+            .collect())
+    }
+
+    /// Like [`read_depot`](Self::read_depot), with each record's global append sequence
+    /// number: merging partitions by it gives the order batches process records in, across
+    /// partitions (`engine/docs/commit-protocol.md`, I7). For checkers that replay a depot.
+    pub fn read_depot_sequenced<T: DeserializeOwned>(
+        &self,
+        depot: &Depot<T>,
+        partition: u32,
+        from_offset: u64,
+        limit: usize,
+    ) -> Result<Vec<SequencedRecord<T>>, Error> {
         let state = self.shared.depot(depot.spec())?;
         let head = self.depot_next_offset(depot, partition)?;
         let wanted = head.saturating_sub(from_offset).min(limit as u64) as usize;
@@ -949,7 +979,11 @@ impl Engine {
         raw.into_iter()
             .map(|stored| {
                 decode_envelope(&stored.bytes)
-                    .map(|record| (stored.offset, record))
+                    .map(|record| SequencedRecord {
+                        offset: stored.offset,
+                        seq: stored.seq,
+                        record,
+                    })
                     .map_err(|source| Error::CorruptRecord {
                         depot: depot.name().to_string(),
                         partition,

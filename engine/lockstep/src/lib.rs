@@ -55,7 +55,8 @@ mod snapshot;
 mod store;
 
 pub use engine::{
-    failpoints, BatchDriving, BatchSummary, Engine, EngineBuilder, EngineOptions, TopologyStats,
+    failpoints, BatchDriving, BatchSummary, Engine, EngineBuilder, EngineOptions, SequencedRecord,
+    TopologyStats,
 };
 pub use error::Error;
 
