@@ -1,14 +1,11 @@
 //! The `components` binary end to end: the demo's data verifies clean, `verify` finds and lists
 //! every violation in corrupted data, and bad invocations fail with a message, not a panic.
 
-use std::process::Command;
+mod common;
 
+use common::bin;
 use lockstep::{Engine, EngineOptions, NoMessages, TopologyBuilder};
 use lockstep_topologies::components::{Command as ComponentCommand, Component, DEPOT, TOPOLOGY};
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_components"))
-}
 
 #[test]
 fn demo_then_verify_passes() {

@@ -2,80 +2,14 @@
 //! lines, a wrong token, garbage and oversize frames; and a client appending through a server
 //! `kill -9` and restart, after which every command is acknowledged once and applied once.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read as _, Write};
 use std::net::TcpStream;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_components"))
-}
-
-struct Served {
-    child: Child,
-    address: String,
-}
-
-impl Served {
-    fn start(data: &Path, listen: &str, token: Option<&str>) -> Self {
-        let mut command = bin();
-        command
-            .args(["serve", "--listen", listen, "--partitions", "4", "--data"])
-            .arg(data)
-            .env_remove("LOCKSTEP_TOKEN")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        if let Some(token) = token {
-            command.args(["--token", token]);
-        }
-        let mut child = command.spawn().expect("spawn serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read");
-        let address = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        Self { child, address }
-    }
-
-    fn kill_nine(mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn run(args: &[&str], stdin: &str) -> (i32, String, String) {
-    let mut child = bin()
-        .args(args)
-        .env_remove("LOCKSTEP_TOKEN")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write stdin");
-    let out = child.wait_with_output().expect("wait");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::{bin, run, Served};
 
 #[test]
 fn serve_append_get_dump_verify() {

@@ -94,11 +94,35 @@ pub fn envelope_payload(bytes: &[u8]) -> Result<&[u8], CodecError> {
 
 /// Decodes an envelope written by [`encode_envelope`], checking version and checksum first.
 pub fn decode_envelope<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let payload = envelope_payload(bytes)?;
-    // The limit stops a corrupt length prefix from asking for gigabytes.
-    let config = bincode::config::standard().with_limit::<{ 1 << 30 }>();
-    let (value, used) = bincode::serde::decode_from_slice(payload, config)
-        .map_err(|e| CodecError::Decode(e.to_string()))?;
+    decode_exact(envelope_payload(bytes)?)
+}
+
+/// Bytes bincode may count against its decode limit per byte of input. It counts every
+/// primitive at its size in memory before reading it (16 for a `u128`, however short its
+/// varint) and every string or byte array at its stated length, before allocating that.
+const CLAIMED_BYTES_PER_INPUT_BYTE: usize = 16;
+
+/// Decodes `payload` as exactly one bincode value (standard config); trailing bytes are an
+/// error.
+///
+/// Lengths stated in the payload count against a limit before anything is allocated for them.
+/// The limit grows with the payload in steps of 16 (`CLAIMED_BYTES_PER_INPUT_BYTE` times the
+/// step's largest payload, up to 1 GiB), so every value whose encoding fits the payload decodes,
+/// while a few bytes stating a huge length are refused instead of making the decoder allocate
+/// it: allocation stays within a small multiple of the input. The network frame decoder uses
+/// it too.
+pub fn decode_exact<T: DeserializeOwned>(payload: &[u8]) -> Result<T, CodecError> {
+    const PER_BYTE: usize = CLAIMED_BYTES_PER_INPUT_BYTE;
+    let decoded = match payload.len() {
+        n if n <= 1 << 8 => decode_limited::<T, { PER_BYTE << 8 }>(payload),
+        n if n <= 1 << 12 => decode_limited::<T, { PER_BYTE << 12 }>(payload),
+        n if n <= 1 << 16 => decode_limited::<T, { PER_BYTE << 16 }>(payload),
+        n if n <= 1 << 20 => decode_limited::<T, { PER_BYTE << 20 }>(payload),
+        n if n <= 1 << 24 => decode_limited::<T, { PER_BYTE << 24 }>(payload),
+        // Records are at most 64 MiB (`RECORD_BYTES_CEILING`): 16 × 64 MiB.
+        _ => decode_limited::<T, { 1 << 30 }>(payload),
+    };
+    let (value, used) = decoded.map_err(|e| CodecError::Decode(e.to_string()))?;
     if used != payload.len() {
         return Err(CodecError::Decode(format!(
             "{} trailing bytes after the value",
@@ -106,6 +130,12 @@ pub fn decode_envelope<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecErro
         )));
     }
     Ok(value)
+}
+
+fn decode_limited<T: DeserializeOwned, const LIMIT: usize>(
+    payload: &[u8],
+) -> Result<(T, usize), bincode::error::DecodeError> {
+    bincode::serde::decode_from_slice(payload, bincode::config::standard().with_limit::<LIMIT>())
 }
 
 #[cfg(test)]
@@ -130,6 +160,38 @@ mod tests {
             bytes[1..5].copy_from_slice(&crc.to_le_bytes());
             let _ = decode_envelope::<(String, Vec<u64>, Option<bool>)>(&bytes);
             let _ = decode_envelope::<Vec<String>>(&bytes);
+        }
+    }
+
+    /// Found by the `record_decoder` fuzz target (`-malloc_limit_mb=64`): a command envelope
+    /// whose nine payload bytes state a 64 MiB id made the decoder allocate 64 MiB before
+    /// finding the bytes missing (up to 1 GiB for other lengths; a process that cannot get it
+    /// aborts). The server decodes every record a client sends. Now the stated length counts
+    /// against a limit proportional to the payload and is refused first.
+    #[test]
+    fn a_short_record_stating_a_huge_length_is_refused_before_allocating() {
+        // Variant 0, then a string of 0x0400_0120 bytes (varint: 252, u32 LE), then two bytes.
+        let payload = [0u8, 252, 0x20, 0x01, 0x00, 0x04, 0, 0];
+        let mut bytes = vec![1u8];
+        bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        match decode_envelope::<(u32, String)>(&bytes) {
+            Err(CodecError::Decode(reason)) => {
+                assert!(reason.contains("LimitExceeded"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The limit grows with the payload: values full of short varints (each counted at 16
+    /// bytes) and long strings decode at every size step.
+    #[test]
+    fn dense_values_decode_at_every_size() {
+        for count in [1usize, 200, 3_000, 50_000, 900_000] {
+            let value = (vec![1u128; count], "x".repeat(count));
+            let bytes = encode_envelope(&value, usize::MAX).expect("encodes");
+            let back: (Vec<u128>, String) = decode_envelope(&bytes).expect("decodes");
+            assert_eq!(back, value, "{count}");
         }
     }
 

@@ -22,6 +22,8 @@
 //! | `delete cascade` | id → each child → each grandchild … (one round per level) and id → parent |
 
 pub mod invariants;
+#[cfg(feature = "json")]
+pub mod json;
 pub mod model;
 #[cfg(feature = "engine")]
 mod read;

@@ -18,3 +18,8 @@ pub use proto::{
     FRAME_BYTES_MAX_DEFAULT, PROTOCOL_VERSION,
 };
 pub use server::{Server, ServerConfig};
+
+/// The framing functions client and server use, for the fuzz targets and property tests that
+/// feed them arbitrary bytes; not part of the supported API.
+#[doc(hidden)]
+pub use proto::{decode_payload, read_frame, write_frame};

@@ -20,7 +20,8 @@ use lockstep_topologies::components::{
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::json::{ack_json, component_json, error_json, parse_command};
+use crate::json::{ack_json, component_json, error_json};
+use lockstep_topologies::components::json::parse_command;
 
 /// How long `append --wait` waits for one command when no `--retry-for` is given.
 const WAIT_DEFAULT: Duration = Duration::from_secs(60);
