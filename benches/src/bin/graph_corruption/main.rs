@@ -1,0 +1,459 @@
+//! The corruption study: one seeded, scale-free, contended graph workload run two ways, with
+//! the share of corrupted edges (edges whose two records are not reciprocally consistent)
+//! measured as the updates go by.
+//!
+//! 1. **Lockstep**: the `graph` topology on the embedded engine, every batch checked. The
+//!    corrupted share must be exactly zero after every batch; the run fails otherwise, and
+//!    also if the final state differs from the sequential model's.
+//! 2. **Uncoordinated partitions** ([`uncoordinated`]): the same partitions applying the two
+//!    halves of every update independently, in their own arrival order, for a few straggler
+//!    probabilities. Measured at checkpoints once the traffic so far has settled.
+//!
+//! Then a two-parameter model (corruption per update, and healing as corrupted edges are
+//! deleted) is fitted to each uncoordinated curve and extrapolated to a year at the same rate
+//! for graphs of production sizes. See `topologies/README.md` for the method and the figures.
+
+mod uncoordinated;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context};
+use clap::Parser;
+use lockstep::{Engine, EngineOptions};
+use lockstep_topologies::graph::invariants::{census, check, Census, GraphView};
+use lockstep_topologies::graph::workload::{Workload, WorkloadConfig};
+use lockstep_topologies::graph::{graph, read_view, Command, EdgeKey, Outcome, TOPOLOGY};
+
+use uncoordinated::{NetworkConfig, Uncoordinated};
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Updates (commands) in the stream.
+    #[arg(long, default_value_t = 1_000_000)]
+    updates: u64,
+    /// Updates run through Lockstep (the start of the same stream); 0 skips Lockstep.
+    #[arg(long, default_value_t = 1_000_000)]
+    lockstep_updates: u64,
+    /// Partitions, for both.
+    #[arg(long, default_value_t = 8)]
+    partitions: u32,
+    /// Workload and network seed.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Update rate the uncoordinated model is driven at, and the extrapolation assumes.
+    #[arg(long, default_value_t = 10_000.0)]
+    updates_per_s: f64,
+    /// Network delay of every half, in milliseconds.
+    #[arg(long, default_value_t = 1.0)]
+    delay_ms: f64,
+    /// Straggler probabilities to run the uncoordinated model with.
+    #[arg(long, value_delimiter = ',', default_values_t = [0.001, 0.01, 0.05])]
+    straggler_probabilities: Vec<f64>,
+    /// Mean extra delay of a straggler, in milliseconds.
+    #[arg(long, default_value_t = 10.0)]
+    straggler_delay_ms: f64,
+    /// Commands per Lockstep append (and so per batch, about).
+    #[arg(long, default_value_t = 10_000)]
+    chunk: usize,
+    /// Write the chart (PNG) here.
+    #[arg(long)]
+    chart: Option<PathBuf>,
+}
+
+const SECONDS_PER_YEAR: f64 = 365.0 * 24.0 * 3600.0;
+/// The share of corrupted edges at which a graph is garbage (the background study's yardstick).
+const GARBAGE_SHARE: f64 = 0.10;
+
+/// Ten checkpoints per decade of updates, from the first 100,000 (the setup, nodes then
+/// edges, takes 60,000), and `last`.
+fn checkpoints(last: u64) -> Vec<u64> {
+    let mut points = BTreeSet::new();
+    for step in 0.. {
+        let mark = (100_000.0 * 10f64.powf(f64::from(step) / 10.0)).round() as u64;
+        // Round to a thousand so the table reads well.
+        let mark = mark / 1000 * 1000;
+        if mark >= last {
+            break;
+        }
+        points.insert(mark);
+    }
+    points.insert(last);
+    points.into_iter().collect()
+}
+
+/// The state after some updates.
+#[derive(Debug, Clone, Copy)]
+struct Point {
+    updates: u64,
+    census: Census,
+}
+
+/// Where corrupted edges are: hot edges, other edges of celebrities, ordinary edges.
+#[derive(Debug, Clone, Copy, Default)]
+struct Breakdown {
+    hot_edges: usize,
+    celebrity_edges: usize,
+    ordinary_edges: usize,
+}
+
+impl Breakdown {
+    fn of<'a>(edges: impl IntoIterator<Item = &'a EdgeKey>, workload: &Workload) -> Self {
+        let hot: BTreeSet<&EdgeKey> = workload.hot_edges().iter().collect();
+        let celebrities: BTreeSet<&String> = workload.hot_nodes().iter().collect();
+        let mut counts = Self::default();
+        for key in edges {
+            if hot.contains(key) {
+                counts.hot_edges += 1;
+            } else if celebrities.contains(&key.from) || celebrities.contains(&key.to) {
+                counts.celebrity_edges += 1;
+            } else {
+                counts.ordinary_edges += 1;
+            }
+        }
+        counts
+    }
+
+    /// Corrupted edges outside the hot ones: these spread over the graph, one edge each.
+    fn spread(&self) -> usize {
+        self.celebrity_edges + self.ordinary_edges
+    }
+}
+
+fn corrupted_edges(view: &GraphView) -> BTreeSet<EdgeKey> {
+    check(view).into_iter().map(|v| v.edge().clone()).collect()
+}
+
+// ---- Lockstep ----
+
+struct LockstepRun {
+    points: Vec<Point>,
+    batches: u64,
+    checked: u64,
+    engine_time: Duration,
+    wall_time: Duration,
+}
+
+fn run_lockstep(args: &Args) -> anyhow::Result<LockstepRun> {
+    let dir = tempfile::tempdir()?;
+    let handles = graph(args.partitions)?;
+    let mut options = EngineOptions::manual();
+    options.batch_records_max = args.chunk;
+    let engine = Engine::builder(dir.path())
+        .options(options)
+        .depot(&handles.commands)
+        .topology(handles.topology.clone())
+        .open()?;
+    let mut workload = Workload::new(args.seed, WorkloadConfig::default());
+    let marks = checkpoints(args.lockstep_updates);
+    let mut run = LockstepRun {
+        points: Vec::new(),
+        batches: 0,
+        checked: 0,
+        engine_time: Duration::ZERO,
+        wall_time: Duration::ZERO,
+    };
+    let started = Instant::now();
+    let mut issued = 0u64;
+    for &mark in &marks {
+        while issued < mark {
+            let take = (mark - issued).min(args.chunk as u64);
+            let commands: Vec<Command> = (0..take).map(|_| workload.next().0).collect();
+            let batch_started = Instant::now();
+            engine.append_many(&handles.commands, &commands)?;
+            while engine.run_batch(TOPOLOGY)?.is_some() {
+                run.engine_time += batch_started.elapsed();
+                run.batches += 1;
+                let snapshot = engine.snapshot()?;
+                let violations = check(&read_view(&snapshot, &handles)?);
+                run.checked += 1;
+                ensure!(
+                    violations.is_empty(),
+                    "Lockstep broke reciprocal consistency at batch {}: {} violations, first {:?}",
+                    run.batches,
+                    violations.len(),
+                    violations.first()
+                );
+            }
+            issued += take;
+        }
+        let snapshot = engine.snapshot()?;
+        let view = read_view(&snapshot, &handles)?;
+        let point = Point {
+            updates: issued,
+            census: census(&view),
+        };
+        ensure!(point.census.corrupted == 0, "Lockstep corrupted edges");
+        eprintln!(
+            "  lockstep   {:>10} updates  {:>7} edges  corrupted {}",
+            issued, point.census.edges, point.census.corrupted
+        );
+        run.points.push(point);
+    }
+    let snapshot = engine.snapshot()?;
+    ensure!(
+        read_view(&snapshot, &handles)? == workload.model().view(),
+        "Lockstep's final state differs from the sequential model's"
+    );
+    run.wall_time = started.elapsed();
+    Ok(run)
+}
+
+// ---- uncoordinated ----
+
+struct UncoordinatedRun {
+    straggler_probability: f64,
+    points: Vec<Point>,
+    overtaken_share: f64,
+    crossing_share: f64,
+    /// Where the corrupted edges are at the end.
+    corrupted_at_end: Breakdown,
+    /// Where edges were corrupted, once per event.
+    events: Breakdown,
+    edges_deleted_per_update: f64,
+}
+
+fn run_uncoordinated(args: &Args, straggler_probability: f64) -> UncoordinatedRun {
+    let mut workload = Workload::new(args.seed, WorkloadConfig::default());
+    let mut store = Uncoordinated::new(NetworkConfig {
+        partitions: args.partitions,
+        delay_s: args.delay_ms / 1e3,
+        straggler_probability,
+        straggler_delay_mean_s: args.straggler_delay_ms / 1e3,
+        seed: args.seed ^ straggler_probability.to_bits(),
+    });
+    let partitions = args.partitions;
+    let marks = checkpoints(args.updates);
+    let mut points = Vec::new();
+    let mut edges_deleted = 0u64;
+    let mut mark = marks.iter().peekable();
+    for update in 1..=args.updates {
+        let edges_before = workload.model().edges.len();
+        let (command, outcome) = workload.next();
+        if outcome != Outcome::Applied {
+            continue_checkpoint(&mut mark, update, &store, &mut points, straggler_probability);
+            continue;
+        }
+        if matches!(
+            command,
+            Command::DeleteEdge { .. } | Command::DeleteNode { .. }
+        ) {
+            edges_deleted += (edges_before - workload.model().edges.len()) as u64;
+        }
+        let at_s = update as f64 / args.updates_per_s;
+        store.issue(at_s, &command, |node| {
+            workload.community_of(node) % partitions
+        });
+        continue_checkpoint(&mut mark, update, &store, &mut points, straggler_probability);
+    }
+    let settled = store.settled();
+    UncoordinatedRun {
+        straggler_probability,
+        points,
+        overtaken_share: store.overtaken_share(),
+        crossing_share: settled.crossing_share(),
+        corrupted_at_end: Breakdown::of(&corrupted_edges(settled.view()), &workload),
+        events: Breakdown::of(settled.corruption_events(), &workload),
+        edges_deleted_per_update: edges_deleted as f64 / args.updates as f64,
+    }
+}
+
+fn continue_checkpoint(
+    mark: &mut std::iter::Peekable<std::slice::Iter<'_, u64>>,
+    update: u64,
+    store: &Uncoordinated,
+    points: &mut Vec<Point>,
+    straggler_probability: f64,
+) {
+    if mark.peek().is_some_and(|m| **m == update) {
+        mark.next();
+        let census = census(store.settled().view());
+        eprintln!(
+            "  p={straggler_probability:<6} {update:>10} updates  {:>7} edges  corrupted {:>6} ({:.3}%)",
+            census.edges,
+            census.corrupted,
+            100.0 * census.corrupted_fraction()
+        );
+        points.push(Point { updates: update, census });
+    }
+}
+
+// ---- extrapolation ----
+
+/// The corrupted share of a graph of `edges` edges after `updates` updates, if each update
+/// corrupts an edge with probability `per_update`, corrupted edges stay corrupted, and the
+/// edges hit are spread over the graph: a hit on an already corrupted edge adds nothing, so
+/// the share saturates, `1 − exp(−per_update · updates / edges)`.
+fn extrapolate(per_update: f64, edges: f64, updates: f64) -> f64 {
+    -(-per_update * updates / edges).exp_m1()
+}
+
+/// Seconds until `share` of `edges` are corrupted at `updates_per_s`, by the same model.
+fn time_to(per_update: f64, edges: f64, share: f64, updates_per_s: f64) -> Option<f64> {
+    (per_update > 0.0).then(|| -(edges / per_update) * (-share).ln_1p() / updates_per_s)
+}
+
+fn human_duration(seconds: f64) -> String {
+    if seconds < 120.0 {
+        format!("{seconds:.0} s")
+    } else if seconds < 2.0 * 3600.0 {
+        format!("{:.0} min", seconds / 60.0)
+    } else if seconds < 2.0 * 86_400.0 {
+        format!("{:.1} h", seconds / 3600.0)
+    } else if seconds < 2.0 * SECONDS_PER_YEAR / 12.0 {
+        format!("{:.0} days", seconds / 86_400.0)
+    } else {
+        format!("{:.1} months", seconds / (SECONDS_PER_YEAR / 12.0))
+    }
+}
+
+fn percent(share: f64) -> String {
+    format!("{:.3}%", 100.0 * share)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    ensure!(args.partitions > 0, "--partitions must be at least 1");
+    ensure!(args.updates > 0, "--updates must be at least 1");
+    ensure!(
+        args.lockstep_updates <= args.updates,
+        "--lockstep-updates cannot exceed --updates"
+    );
+    let config = WorkloadConfig::default();
+    println!(
+        "graph-corruption: {} updates, {} partitions, seed {}; workload {:?}",
+        args.updates, args.partitions, args.seed, config
+    );
+
+    let lockstep = if args.lockstep_updates > 0 {
+        eprintln!("Lockstep:");
+        Some(run_lockstep(&args).context("Lockstep run")?)
+    } else {
+        None
+    };
+
+    let mut runs = Vec::new();
+    for &p in &args.straggler_probabilities {
+        ensure!((0.0..=1.0).contains(&p), "straggler probability {p} is not in [0, 1]");
+        eprintln!("uncoordinated, straggler probability {p}:");
+        runs.push(run_uncoordinated(&args, p));
+    }
+
+    println!();
+    println!("## Corrupted edges (share of all edges) against updates");
+    println!();
+    let mut header = String::from("| updates | edges |");
+    let mut rule = String::from("|---:|---:|");
+    if lockstep.is_some() {
+        header.push_str(" Lockstep |");
+        rule.push_str("---:|");
+    }
+    for run in &runs {
+        header.push_str(&format!(
+            " uncoordinated, p = {} |",
+            percent(run.straggler_probability).trim_end_matches('0')
+        ));
+        rule.push_str("---:|");
+    }
+    println!("{header}");
+    println!("{rule}");
+    for mark in checkpoints(args.updates) {
+        let in_run = |points: &[Point]| points.iter().find(|p| p.updates == mark).copied();
+        let edges = runs
+            .first()
+            .and_then(|r| in_run(&r.points))
+            .map_or(0, |p| p.census.edges);
+        let mut row = format!("| {mark} | {edges} |");
+        if let Some(lockstep) = &lockstep {
+            match in_run(&lockstep.points) {
+                Some(point) => row.push_str(&format!(" {} |", point.census.corrupted)),
+                None => row.push_str(" |"),
+            }
+        }
+        for run in &runs {
+            match in_run(&run.points) {
+                Some(point) => row.push_str(&format!(
+                    " {} ({}) |",
+                    point.census.corrupted,
+                    percent(point.census.corrupted_fraction())
+                )),
+                None => row.push_str(" |"),
+            }
+        }
+        println!("{row}");
+    }
+
+    if let Some(run) = &lockstep {
+        let updates = run.points.last().map_or(0, |p| p.updates);
+        println!();
+        println!(
+            "Lockstep: {updates} updates in {} batches, reciprocal consistency checked after every one ({} checks): 0 corrupted edges, final state equal to the sequential model's; {:.0} updates/s in the engine, {:.1} s with the checks",
+            run.batches,
+            run.checked,
+            updates as f64 / run.engine_time.as_secs_f64().max(1e-9),
+            run.wall_time.as_secs_f64()
+        );
+    }
+
+    println!();
+    println!("## Uncoordinated runs");
+    println!();
+    println!("| straggler probability | halves overtaken | edges crossing partitions | edges deleted per update | corruption events: hot / celebrity / ordinary | corrupted at the end: hot / celebrity / ordinary |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for run in &runs {
+        println!(
+            "| {} | {} | {} | {:.3} | {} / {} / {} | {} / {} / {} |",
+            percent(run.straggler_probability),
+            percent(run.overtaken_share),
+            percent(run.crossing_share),
+            run.edges_deleted_per_update,
+            run.events.hot_edges,
+            run.events.celebrity_edges,
+            run.events.ordinary_edges,
+            run.corrupted_at_end.hot_edges,
+            run.corrupted_at_end.celebrity_edges,
+            run.corrupted_at_end.ordinary_edges
+        );
+    }
+
+    let year_updates = args.updates_per_s * SECONDS_PER_YEAR;
+    let sizes = [1e8, 1e9, 1e10];
+    println!();
+    println!(
+        "## Extrapolation to one year at {} updates/s ({year_updates:.3e} updates), no repair",
+        args.updates_per_s
+    );
+    println!();
+    let mut header = String::from("| straggler probability | edges corrupted per update |");
+    let mut rule = String::from("|---:|---:|");
+    for edges in sizes {
+        header.push_str(&format!(
+            " {edges:.0e} edges: after a year | {edges:.0e} edges: 10% after |"
+        ));
+        rule.push_str("---:|---:|");
+    }
+    println!("{header}");
+    println!("{rule}");
+    for run in &runs {
+        // Hot edges are a handful whatever the graph's size: only the spread events scale.
+        let per_update = run.events.spread() as f64 / args.updates as f64;
+        let mut row = format!(
+            "| {} | {per_update:.2e} |",
+            percent(run.straggler_probability)
+        );
+        for edges in sizes {
+            let after_year = extrapolate(per_update, edges, year_updates);
+            let garbage = time_to(per_update, edges, GARBAGE_SHARE, args.updates_per_s)
+                .map_or_else(|| "never".to_string(), human_duration);
+            row.push_str(&format!(" {} | {garbage} |", percent(after_year)));
+        }
+        println!("{row}");
+    }
+
+    if let Some(path) = &args.chart {
+        println!();
+        println!("chart: {} (not drawn: no chart module yet)", path.display());
+    }
+    Ok(())
+}
