@@ -1,0 +1,199 @@
+//! Measurement helpers shared by the benchmark binaries: percentiles and medians, process
+//! memory and bytes on disk, and the client runners (closed loop and open loop).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// The median (the upper one for an even count); 0 for no values.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// The `q` quantile (0..=1) of ascending microsecond latencies, in milliseconds.
+pub fn percentile_ms(sorted_us: &[u64], q: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    sorted_us[((sorted_us.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0
+}
+
+/// Bytes of every file under `dir`.
+pub fn disk_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&path) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            match entry.metadata() {
+                Ok(m) if m.is_dir() => stack.push(entry.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+/// A `kB` field (`VmRSS:`, `VmHWM:`) of `/proc/{pid}/status`; 0 where there is none.
+pub fn status_kib(pid: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Resets this process's peak RSS so the next run's peak is its own.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// This process's peak resident memory since it started or since [`reset_peak_rss`].
+pub fn peak_rss_mib() -> f64 {
+    status_kib("self", "VmHWM:") as f64 / 1024.0
+}
+
+/// This process's resident memory now.
+pub fn rss_mib() -> f64 {
+    status_kib("self", "VmRSS:") as f64 / 1024.0
+}
+
+/// Runs `per_client` closures on threads, one per client; returns elapsed seconds.
+pub fn run_clients<F>(clients: usize, f: F) -> anyhow::Result<f64>
+where
+    F: Fn(usize) -> anyhow::Result<()> + Sync,
+{
+    let started = Instant::now();
+    let results: Vec<anyhow::Result<()>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..clients)
+            .map(|c| {
+                let f = &f;
+                scope.spawn(move || f(c))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("client panicked")))
+            })
+            .collect()
+    });
+    for result in results {
+        result?;
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Open-loop latency: each client sends one command per period, on schedule, and each latency
+/// is measured from the scheduled send time (so a stall is not hidden by sending later).
+pub fn latency_run<F>(
+    clients: usize,
+    rate_per_s: f64,
+    seconds: f64,
+    send: F,
+) -> anyhow::Result<Vec<u64>>
+where
+    F: Fn(usize, usize) -> anyhow::Result<()> + Sync,
+{
+    let period = Duration::from_secs_f64(clients as f64 / rate_per_s.max(1.0));
+    let per_client = ((seconds * rate_per_s) as usize / clients).max(1);
+    let latencies = std::sync::Mutex::new(Vec::new());
+    run_clients(clients, |c| {
+        let start = Instant::now() + period.mul_f64(c as f64 / clients as f64);
+        let mut mine = Vec::with_capacity(per_client);
+        for i in 0..per_client {
+            let scheduled = start + period * i as u32;
+            if let Some(wait) = scheduled.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            send(c, i)?;
+            mine.push(scheduled.elapsed().as_micros() as u64);
+        }
+        latencies
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .extend(mine);
+        Ok(())
+    })?;
+    let mut all = latencies
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?;
+    all.sort_unstable();
+    Ok(all)
+}
+
+/// Open-loop latency for a pipelined system: a submitter per client appends the commands that
+/// are due (on a fixed schedule at `rate_per_s` in all) every tick, as one call, and a waiter
+/// per client waits for each to become visible. Latency runs from a command's scheduled time
+/// to its visibility, so queueing behind a slow batch counts.
+pub fn pipelined_latency_run<S, W>(
+    clients: usize,
+    rate_per_s: f64,
+    seconds: f64,
+    tick: Duration,
+    submit: S,
+    wait: W,
+) -> anyhow::Result<Vec<u64>>
+where
+    S: Fn(usize, std::ops::Range<usize>) -> anyhow::Result<Vec<lockstep::RecordId>> + Sync,
+    W: Fn(usize, lockstep::RecordId) -> anyhow::Result<()> + Sync,
+{
+    let per_client = ((seconds * rate_per_s) as usize / clients).max(1);
+    let period = Duration::from_secs_f64(clients as f64 / rate_per_s.max(1.0));
+    let latencies = std::sync::Mutex::new(Vec::new());
+    run_clients(clients, |c| {
+        // Each submitted group goes to the waiter whole: a client's records are processed in
+        // append order, so once the group's last record is visible, all of it is.
+        let (tx, rx) = std::sync::mpsc::channel::<(lockstep::RecordId, Vec<Instant>)>();
+        std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| -> anyhow::Result<Vec<u64>> {
+                let mut mine = Vec::with_capacity(per_client);
+                for (last, scheduled) in rx {
+                    wait(c, last)?;
+                    mine.extend(scheduled.iter().map(|t| t.elapsed().as_micros() as u64));
+                }
+                Ok(mine)
+            });
+            let start = Instant::now();
+            let mut sent = 0;
+            while sent < per_client {
+                let due = ((start.elapsed().as_secs_f64() / period.as_secs_f64()) as usize + 1)
+                    .min(per_client);
+                if due > sent {
+                    let ids = submit(c, sent..due)?;
+                    let scheduled = (sent..due).map(|k| start + period * k as u32).collect();
+                    if let Some(last) = ids.last() {
+                        tx.send((*last, scheduled))
+                            .map_err(|_| anyhow::anyhow!("waiter gone"))?;
+                    }
+                    sent = due;
+                } else {
+                    std::thread::sleep(tick);
+                }
+            }
+            drop(tx);
+            let mine = waiter
+                .join()
+                .map_err(|_| anyhow::anyhow!("waiter panicked"))??;
+            latencies
+                .lock()
+                .map_err(|_| anyhow::anyhow!("poisoned"))?
+                .extend(mine);
+            anyhow::Ok(())
+        })
+    })?;
+    let mut all = latencies
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?;
+    all.sort_unstable();
+    Ok(all)
+}
