@@ -16,12 +16,13 @@
 mod uncoordinated;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
 use clap::Parser;
 use lockstep::{Engine, EngineOptions};
+use lockstep_benches::chart::{line_chart, Series};
 use lockstep_topologies::graph::invariants::{census, check, Census, GraphView};
 use lockstep_topologies::graph::workload::{Workload, WorkloadConfig};
 use lockstep_topologies::graph::{graph, read_view, Command, EdgeKey, Outcome, TOPOLOGY};
@@ -49,7 +50,7 @@ struct Args {
     #[arg(long, default_value_t = 1.0)]
     delay_ms: f64,
     /// Straggler probabilities to run the uncoordinated model with.
-    #[arg(long, value_delimiter = ',', default_values_t = [0.001, 0.01, 0.05])]
+    #[arg(long, value_delimiter = ',', default_values_t = [0.0, 0.001, 0.01, 0.05])]
     straggler_probabilities: Vec<f64>,
     /// Mean extra delay of a straggler, in milliseconds.
     #[arg(long, default_value_t = 10.0)]
@@ -57,14 +58,17 @@ struct Args {
     /// Commands per Lockstep append (and so per batch, about).
     #[arg(long, default_value_t = 10_000)]
     chunk: usize,
-    /// Write the chart (PNG) here.
+    /// Draw the charts into this directory: `graph-corruption.png` (measured) and
+    /// `graph-corruption-year.png` (extrapolated).
     #[arg(long)]
-    chart: Option<PathBuf>,
+    charts: Option<PathBuf>,
 }
 
 const SECONDS_PER_YEAR: f64 = 365.0 * 24.0 * 3600.0;
 /// The share of corrupted edges at which a graph is garbage (the background study's yardstick).
 const GARBAGE_SHARE: f64 = 0.10;
+/// The graph size the year chart extrapolates to.
+const EXTRAPOLATION_CHART_EDGES: f64 = 1e9;
 
 /// Ten checkpoints per decade of updates, from the first 100,000 (the setup, nodes then
 /// edges, takes 60,000), and `last`.
@@ -88,6 +92,8 @@ fn checkpoints(last: u64) -> Vec<u64> {
 struct Point {
     updates: u64,
     census: Census,
+    /// Corrupted hot edges among the corrupted ones.
+    hot_corrupted: usize,
 }
 
 /// Where corrupted edges are: hot edges, other edges of celebrities, ordinary edges.
@@ -183,6 +189,7 @@ fn run_lockstep(args: &Args) -> anyhow::Result<LockstepRun> {
         let point = Point {
             updates: issued,
             census: census(&view),
+            hot_corrupted: 0,
         };
         ensure!(point.census.corrupted == 0, "Lockstep corrupted edges");
         eprintln!(
@@ -224,28 +231,42 @@ fn run_uncoordinated(args: &Args, straggler_probability: f64) -> UncoordinatedRu
         seed: args.seed ^ straggler_probability.to_bits(),
     });
     let partitions = args.partitions;
-    let marks = checkpoints(args.updates);
+    let mut marks = checkpoints(args.updates).into_iter().peekable();
     let mut points = Vec::new();
     let mut edges_deleted = 0u64;
-    let mut mark = marks.iter().peekable();
     for update in 1..=args.updates {
         let edges_before = workload.model().edges.len();
         let (command, outcome) = workload.next();
-        if outcome != Outcome::Applied {
-            continue_checkpoint(&mut mark, update, &store, &mut points, straggler_probability);
-            continue;
+        if outcome == Outcome::Applied {
+            if matches!(
+                command,
+                Command::DeleteEdge { .. } | Command::DeleteNode { .. }
+            ) {
+                edges_deleted += (edges_before - workload.model().edges.len()) as u64;
+            }
+            let at_s = update as f64 / args.updates_per_s;
+            store.issue(at_s, &command, |node| {
+                workload.community_of(node) % partitions
+            });
         }
-        if matches!(
-            command,
-            Command::DeleteEdge { .. } | Command::DeleteNode { .. }
-        ) {
-            edges_deleted += (edges_before - workload.model().edges.len()) as u64;
+        if marks.next_if_eq(&update).is_some() {
+            let settled = store.settled();
+            let census = census(settled.view());
+            let corrupted = corrupted_edges(settled.view());
+            let point = Point {
+                updates: update,
+                census,
+                hot_corrupted: Breakdown::of(&corrupted, &workload).hot_edges,
+            };
+            eprintln!(
+                "  p={straggler_probability:<6} {update:>10} updates  {:>7} edges  corrupted {:>6} ({:.3}%), {} hot",
+                census.edges,
+                census.corrupted,
+                100.0 * census.corrupted_fraction(),
+                point.hot_corrupted
+            );
+            points.push(point);
         }
-        let at_s = update as f64 / args.updates_per_s;
-        store.issue(at_s, &command, |node| {
-            workload.community_of(node) % partitions
-        });
-        continue_checkpoint(&mut mark, update, &store, &mut points, straggler_probability);
     }
     let settled = store.settled();
     UncoordinatedRun {
@@ -256,26 +277,6 @@ fn run_uncoordinated(args: &Args, straggler_probability: f64) -> UncoordinatedRu
         corrupted_at_end: Breakdown::of(&corrupted_edges(settled.view()), &workload),
         events: Breakdown::of(settled.corruption_events(), &workload),
         edges_deleted_per_update: edges_deleted as f64 / args.updates as f64,
-    }
-}
-
-fn continue_checkpoint(
-    mark: &mut std::iter::Peekable<std::slice::Iter<'_, u64>>,
-    update: u64,
-    store: &Uncoordinated,
-    points: &mut Vec<Point>,
-    straggler_probability: f64,
-) {
-    if mark.peek().is_some_and(|m| **m == update) {
-        mark.next();
-        let census = census(store.settled().view());
-        eprintln!(
-            "  p={straggler_probability:<6} {update:>10} updates  {:>7} edges  corrupted {:>6} ({:.3}%)",
-            census.edges,
-            census.corrupted,
-            100.0 * census.corrupted_fraction()
-        );
-        points.push(Point { updates: update, census });
     }
 }
 
@@ -335,7 +336,10 @@ fn main() -> anyhow::Result<()> {
 
     let mut runs = Vec::new();
     for &p in &args.straggler_probabilities {
-        ensure!((0.0..=1.0).contains(&p), "straggler probability {p} is not in [0, 1]");
+        ensure!(
+            (0.0..=1.0).contains(&p),
+            "straggler probability {p} is not in [0, 1]"
+        );
         eprintln!("uncoordinated, straggler probability {p}:");
         runs.push(run_uncoordinated(&args, p));
     }
@@ -399,15 +403,23 @@ fn main() -> anyhow::Result<()> {
     println!();
     println!("## Uncoordinated runs");
     println!();
-    println!("| straggler probability | halves overtaken | edges crossing partitions | edges deleted per update | corruption events: hot / celebrity / ordinary | corrupted at the end: hot / celebrity / ordinary |");
-    println!("|---:|---:|---:|---:|---:|---:|");
+    let hot_edges = WorkloadConfig::default().hot_edges as f64;
+    println!("| straggler probability | halves overtaken | edges crossing partitions | edges deleted per update | hot edges corrupted, mean over checkpoints | corruption events: hot / celebrity / ordinary | corrupted at the end: hot / celebrity / ordinary |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
     for run in &runs {
+        let hot_mean = run
+            .points
+            .iter()
+            .map(|p| p.hot_corrupted as f64)
+            .sum::<f64>()
+            / run.points.len().max(1) as f64;
         println!(
-            "| {} | {} | {} | {:.3} | {} / {} / {} | {} / {} / {} |",
+            "| {} | {} | {} | {:.3} | {} | {} / {} / {} | {} / {} / {} |",
             percent(run.straggler_probability),
             percent(run.overtaken_share),
             percent(run.crossing_share),
             run.edges_deleted_per_update,
+            percent(hot_mean / hot_edges),
             run.events.hot_edges,
             run.events.celebrity_edges,
             run.events.ordinary_edges,
@@ -451,9 +463,123 @@ fn main() -> anyhow::Result<()> {
         println!("{row}");
     }
 
-    if let Some(path) = &args.chart {
-        println!();
-        println!("chart: {} (not drawn: no chart module yet)", path.display());
+    if let Some(dir) = &args.charts {
+        draw_charts(dir, &args, lockstep.as_ref(), &runs)?;
     }
     Ok(())
+}
+
+fn run_label(run: &UncoordinatedRun) -> String {
+    format!(
+        "uncoordinated, {}% stragglers",
+        100.0 * run.straggler_probability
+    )
+}
+
+fn draw_charts(
+    dir: &Path,
+    args: &Args,
+    lockstep: Option<&LockstepRun>,
+    runs: &[UncoordinatedRun],
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let share = |points: &[Point]| -> Vec<(f64, f64)> {
+        points
+            .iter()
+            .map(|p| (p.updates as f64, 100.0 * p.census.corrupted_fraction()))
+            .collect()
+    };
+    let mut series: Vec<Series> = runs
+        .iter()
+        .map(|run| Series {
+            label: run_label(run),
+            points: share(&run.points),
+        })
+        .collect();
+    if let Some(lockstep) = lockstep {
+        series.push(Series {
+            label: "Lockstep".to_string(),
+            points: share(&lockstep.points),
+        });
+    }
+    let measured = dir.join("graph-corruption.png");
+    line_chart(
+        &measured,
+        &format!(
+            "Corrupted edges, {} partitions, {:.0} updates/s",
+            args.partitions, args.updates_per_s
+        ),
+        "updates",
+        "corrupted edges (% of all edges)",
+        &series,
+        true,
+        false,
+    )?;
+
+    let edges = EXTRAPOLATION_CHART_EDGES;
+    let days = 365;
+    let series: Vec<Series> = runs
+        .iter()
+        .map(|run| {
+            let per_update = run.events.spread() as f64 / args.updates as f64;
+            Series {
+                label: run_label(run),
+                points: (0..=days)
+                    .step_by(5)
+                    .map(|day| {
+                        let updates = f64::from(day) * 86_400.0 * args.updates_per_s;
+                        (
+                            f64::from(day),
+                            100.0 * extrapolate(per_update, edges, updates),
+                        )
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    let year = dir.join("graph-corruption-year.png");
+    line_chart(
+        &year,
+        &format!(
+            "Extrapolated: {edges:.0e} edges at {:.0} updates/s, no repair",
+            args.updates_per_s
+        ),
+        "days",
+        "corrupted edges (% of all edges)",
+        &series,
+        false,
+        false,
+    )?;
+    println!();
+    println!("charts: {} and {}", measured.display(), year.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_rise_ten_per_decade_and_end_at_the_last_update() {
+        let marks = checkpoints(1_000_000);
+        assert_eq!(marks.first(), Some(&100_000));
+        assert_eq!(marks.last(), Some(&1_000_000));
+        assert_eq!(marks.len(), 11);
+        assert!(marks.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(checkpoints(5_000), vec![5_000]);
+    }
+
+    #[test]
+    fn the_extrapolation_starts_linear_saturates_and_inverts() {
+        // Few hits on a big graph: about one edge per hit.
+        let share = extrapolate(1e-6, 1e9, 1e9);
+        assert!((share - 1e-6).abs() < 1e-9, "{share}");
+        // Many hits: the share approaches, never passes, all edges.
+        assert!(extrapolate(1e-3, 1e3, 1e9) <= 1.0);
+        assert!(extrapolate(1e-3, 1e3, 1e9) > 0.999);
+        let seconds = time_to(1e-5, 1e9, 0.1, 1e4).expect("reached");
+        let share = extrapolate(1e-5, 1e9, seconds * 1e4);
+        assert!((share - 0.1).abs() < 1e-9, "{share}");
+        assert_eq!(time_to(0.0, 1e9, 0.1, 1e4), None);
+    }
 }
