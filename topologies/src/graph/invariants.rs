@@ -17,8 +17,8 @@ pub struct GraphView {
     pub out_records: BTreeMap<EdgeKey, EdgeState>,
     /// The in-records (stored with the head), by edge.
     pub in_records: BTreeMap<EdgeKey, EdgeState>,
-    /// Records beyond the first of the same edge on the same side (the adjacency sets could
-    /// hold two entries of one edge with different states; the maps above cannot).
+    /// Records beyond the first of the same edge on the same side (a store could hold two
+    /// entries for one record, under different keys; the maps above cannot).
     pub duplicate_records: Vec<(Direction, Edge)>,
 }
 

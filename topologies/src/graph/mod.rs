@@ -15,9 +15,10 @@
 //! one at a time in append order (see [`lockstep_core::exec`]), and the batch commits on every
 //! partition at once. [`model::Model`] is that sequential definition.
 //!
-//! Adjacency is stored per element: each record is its own entry of a subindexed set keyed by
-//! the node, so adding an edge to a node with a million followers writes one entry per side,
-//! and deleting such a node unlinks its edges a page per round.
+//! Adjacency is stored per element: each record is its own map entry, keyed by its node, label
+//! and other endpoint ([`RecordKey`]), on its node's partition, so adding or updating an edge of
+//! a node with a million followers reads and writes one entry per side, one prefix scan lists a
+//! node's edges (by label), and deleting such a node unlinks its edges a page per round.
 //!
 //! ## Commands and their hops
 //!
@@ -38,8 +39,8 @@ pub mod workload;
 use std::collections::BTreeMap;
 
 use lockstep_core::{
-    encode_envelope, encode_key, Ctx, Delivery, Depot, HandlerError, PState, RecordId, SchemaError,
-    SetPState, Topology, TopologyBuilder,
+    encode_envelope, partition_for_key, Ctx, Delivery, Depot, HandlerError, PState, RecordId,
+    SchemaError, Topology, TopologyBuilder,
 };
 use serde::{Deserialize, Serialize};
 
@@ -121,46 +122,62 @@ pub enum Direction {
     In,
 }
 
-/// One entry of a node's adjacency set: an edge as one of its endpoints stores it. Entries sort
-/// by label, then by the other endpoint, which is what makes "this node's edges with this
-/// label" one contiguous scan.
+/// Where one record of an edge is stored: the key of a map entry, on `node`'s partition.
+///
+/// The engine places a map entry on the partition its whole key hashes to; `salt` is the
+/// smallest number that makes this key hash to `node`'s partition, so that all of a node's
+/// records sit with the node and one prefix scan there, by `(node,)` or `(node, label)`, lists
+/// them in (label, other endpoint) order. Finding the salt takes about as many hashes as there
+/// are partitions.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct AdjacencyEntry {
+pub struct RecordKey {
+    /// The endpoint that stores the record: the tail for an out-record, the head for an in-record.
+    pub node: NodeId,
     /// The edge's label.
     pub label: Label,
-    /// The other endpoint: the head in an out-set, the tail in an in-set.
+    /// The other endpoint.
     pub other: NodeId,
-    /// The edge's state as this side stores it.
-    pub state: EdgeState,
+    /// Places the key on `node`'s partition.
+    pub salt: u32,
 }
 
-impl AdjacencyEntry {
-    /// A key to seek from, never stored: stored versions start at 1 and the empty map encodes
-    /// smallest, so it sorts just before every stored entry of `(label, other)`.
-    fn seek(label: &str, other: &str) -> Self {
-        Self {
-            label: label.to_string(),
-            other: other.to_string(),
-            state: EdgeState {
-                version: 0,
-                props: Props::new(),
-            },
+/// Salts tried before giving up. Each lands on the node's partition with probability
+/// 1/partitions, so with at most [`lockstep_core::PARTITIONS_MAX`] partitions a miss after this
+/// many is a 1-in-e^256 event.
+const SALT_TRIES_MAX: u32 = 1 << 20;
+
+impl RecordKey {
+    /// The key of `edge`'s `direction` record in a topology of `partitions` partitions.
+    pub fn of(edge: &EdgeKey, direction: Direction, partitions: u32) -> Result<Self, HandlerError> {
+        let node = edge.holder(direction);
+        let home = partition_for_key(node, partitions)?;
+        let mut key = RecordKey {
+            node: node.clone(),
+            label: edge.label.clone(),
+            other: edge.other(direction).clone(),
+            salt: 0,
+        };
+        while key.salt < SALT_TRIES_MAX {
+            if partition_for_key(&key, partitions)? == home {
+                return Ok(key);
+            }
+            key.salt += 1;
         }
+        Err(HandlerError::user(format!(
+            "no salt places the record {key:?} on partition {home}"
+        )))
     }
 
-    /// The edge this entry of `node`'s `direction` set stands for.
-    pub fn edge(self, node: &NodeId, direction: Direction) -> Edge {
+    /// The edge this record, stored as a `direction` record, belongs to.
+    pub fn edge(&self, direction: Direction) -> EdgeKey {
         let (from, to) = match direction {
-            Direction::Out => (node.clone(), self.other),
-            Direction::In => (self.other, node.clone()),
+            Direction::Out => (self.node.clone(), self.other.clone()),
+            Direction::In => (self.other.clone(), self.node.clone()),
         };
-        Edge {
-            key: EdgeKey {
-                from,
-                label: self.label,
-                to,
-            },
-            state: self.state,
+        EdgeKey {
+            from,
+            label: self.label.clone(),
+            to,
         }
     }
 }
@@ -295,8 +312,8 @@ pub enum Outcome {
 /// batch fail.
 pub const NODE_BYTES_MAX: usize = 1 << 20;
 
-/// Largest edge, measured as the key encoding of its key and state. Each record is a key of
-/// the ordered store (that is what keeps adjacency per element), so edges stay small.
+/// Largest edge, key and state encoded. Every update rewrites both records, so edges stay
+/// small.
 pub const EDGE_BYTES_MAX: usize = 16 << 10;
 
 /// Whether `node` fits [`NODE_BYTES_MAX`].
@@ -306,7 +323,7 @@ pub fn node_fits(node: &Node) -> bool {
 
 /// Whether an edge fits [`EDGE_BYTES_MAX`].
 pub fn edge_fits(key: &EdgeKey, state: &EdgeState) -> bool {
-    encode_key(&(key, state)).is_ok_and(|bytes| bytes.len() <= EDGE_BYTES_MAX)
+    encode_envelope(&(key, state), EDGE_BYTES_MAX).is_ok()
 }
 
 /// Messages between partitions within a batch.
@@ -353,21 +370,30 @@ pub struct Graph {
     pub commands: Depot<Command>,
     /// id → node.
     pub nodes: PState<NodeId, Node>,
-    /// tail → its out-records, one entry per edge.
-    pub out_edges: SetPState<NodeId, AdjacencyEntry>,
-    /// head → its in-records, one entry per edge.
-    pub in_edges: SetPState<NodeId, AdjacencyEntry>,
+    /// Out-records, one entry per edge, with the tail.
+    pub out_edges: PState<RecordKey, EdgeState>,
+    /// In-records, one entry per edge, with the head.
+    pub in_edges: PState<RecordKey, EdgeState>,
     /// The topology; each command's outcome is an [`Outcome`].
     pub topology: Topology,
 }
 
 impl Graph {
-    /// The adjacency set holding records of `direction`.
-    pub fn adjacency(&self, direction: Direction) -> &SetPState<NodeId, AdjacencyEntry> {
+    /// The records of `direction`.
+    pub fn records(&self, direction: Direction) -> &PState<RecordKey, EdgeState> {
         match direction {
             Direction::Out => &self.out_edges,
             Direction::In => &self.in_edges,
         }
+    }
+
+    /// The key of `edge`'s `direction` record.
+    pub fn record_key(
+        &self,
+        edge: &EdgeKey,
+        direction: Direction,
+    ) -> Result<RecordKey, HandlerError> {
+        RecordKey::of(edge, direction, self.topology.partitions())
     }
 }
 
@@ -382,8 +408,8 @@ pub const UNLINK_PAGE: usize = 1024;
 #[derive(Clone)]
 struct Handles {
     nodes: PState<NodeId, Node>,
-    out_edges: SetPState<NodeId, AdjacencyEntry>,
-    in_edges: SetPState<NodeId, AdjacencyEntry>,
+    out_edges: PState<RecordKey, EdgeState>,
+    in_edges: PState<RecordKey, EdgeState>,
 }
 
 fn integrity_violation(what: String) -> HandlerError {
@@ -392,62 +418,55 @@ fn integrity_violation(what: String) -> HandlerError {
 }
 
 impl Handles {
-    fn set(&self, direction: Direction) -> &SetPState<NodeId, AdjacencyEntry> {
+    fn records(&self, direction: Direction) -> &PState<RecordKey, EdgeState> {
         match direction {
             Direction::Out => &self.out_edges,
             Direction::In => &self.in_edges,
         }
     }
 
-    /// The record of `key` that `direction`'s endpoint stores, if any. One seek.
+    /// The state the `direction` record of `edge` holds, if the record exists. One read.
     fn record(
         &self,
         ctx: &Ctx<'_, Msg>,
-        key: &EdgeKey,
+        edge: &EdgeKey,
         direction: Direction,
-    ) -> Result<Option<AdjacencyEntry>, HandlerError> {
-        let other = key.other(direction);
-        let probe = AdjacencyEntry::seek(&key.label, other);
-        let next = ctx.set_members(self.set(direction), key.holder(direction), Some(&probe), 1)?;
-        Ok(next
-            .into_iter()
-            .next()
-            .filter(|entry| entry.label == key.label && entry.other == *other))
+    ) -> Result<Option<EdgeState>, HandlerError> {
+        let key = RecordKey::of(edge, direction, ctx.partitions())?;
+        ctx.get(self.records(direction), &key)
     }
 
-    fn insert_record(
+    fn put_record(
         &self,
         ctx: &mut Ctx<'_, Msg>,
-        key: &EdgeKey,
+        edge: &EdgeKey,
         direction: Direction,
-        state: EdgeState,
+        state: &EdgeState,
     ) -> Result<(), HandlerError> {
-        let entry = AdjacencyEntry {
-            label: key.label.clone(),
-            other: key.other(direction).clone(),
-            state,
-        };
-        ctx.set_insert(self.set(direction), key.holder(direction), &entry)?;
-        Ok(())
+        let key = RecordKey::of(edge, direction, ctx.partitions())?;
+        ctx.put(self.records(direction), &key, state)
     }
 
-    /// Removes the `direction` record of `key`, which must carry `expected`: the other record
-    /// did, and the two never differ.
-    fn remove_record(
+    /// Checks that the `direction` record of `edge` holds `expected` (its other record did,
+    /// and the two never differ), then replaces it by `new`, or removes it.
+    fn replace_record(
         &self,
         ctx: &mut Ctx<'_, Msg>,
-        key: &EdgeKey,
+        edge: &EdgeKey,
         direction: Direction,
         expected: &EdgeState,
+        new: Option<&EdgeState>,
     ) -> Result<(), HandlerError> {
-        match self.record(ctx, key, direction)? {
-            Some(entry) if entry.state == *expected => {
-                ctx.set_remove(self.set(direction), key.holder(direction), &entry)?;
-                Ok(())
-            }
-            found => Err(integrity_violation(format!(
-                "{direction:?} record of {key:?} is {found:?}, its other record says {expected:?}"
-            ))),
+        let key = RecordKey::of(edge, direction, ctx.partitions())?;
+        let found = ctx.get(self.records(direction), &key)?;
+        if found.as_ref() != Some(expected) {
+            return Err(integrity_violation(format!(
+                "{direction:?} record of {edge:?} is {found:?}, its other record says {expected:?}"
+            )));
+        }
+        match new {
+            Some(state) => ctx.put(self.records(direction), &key, state),
+            None => ctx.delete(self.records(direction), &key),
         }
     }
 
@@ -516,34 +535,32 @@ impl Handles {
                 if_version,
             } => {
                 let key = EdgeKey { from, label, to };
-                let Some(entry) = self.record(ctx, &key, Direction::Out)? else {
+                let Some(old) = self.record(ctx, &key, Direction::Out)? else {
                     return self.reject(ctx, origin, RejectReason::NotFound);
                 };
-                if if_version.is_some_and(|v| v != entry.state.version) {
+                if if_version.is_some_and(|v| v != old.version) {
                     return self.reject(ctx, origin, RejectReason::VersionConflict);
                 }
-                let new = model::merged(&entry.state, &props);
+                let new = model::merged(&old, &props);
                 if !edge_fits(&key, &new) {
                     return self.reject(ctx, origin, RejectReason::TooLarge);
                 }
-                ctx.set_remove(&self.out_edges, &key.from, &entry)?;
-                let old = entry.state;
-                self.insert_record(ctx, &key, Direction::Out, new.clone())?;
+                self.put_record(ctx, &key, Direction::Out, &new)?;
                 let head = key.to.clone();
                 ctx.send(&head, Msg::Restate { key, old, new })?;
                 ctx.record_outcome(&Outcome::Applied)
             }
             Command::DeleteEdge { from, to, label } => {
                 let key = EdgeKey { from, label, to };
-                let Some(entry) = self.record(ctx, &key, Direction::Out)? else {
+                let Some(state) = self.record(ctx, &key, Direction::Out)? else {
                     return self.reject(ctx, origin, RejectReason::NotFound);
                 };
-                ctx.set_remove(&self.out_edges, &key.from, &entry)?;
+                self.replace_record(ctx, &key, Direction::Out, &state, None)?;
                 let head = key.to.clone();
                 let message = Msg::Unlink {
                     key,
                     direction: Direction::In,
-                    state: entry.state,
+                    state,
                 };
                 ctx.send(&head, message)?;
                 ctx.record_outcome(&Outcome::Applied)
@@ -555,24 +572,21 @@ impl Handles {
     /// record is sent its removal. Out-records go first; a page that ends among them, or fills
     /// up, continues in the next round, so a celebrity never floods one round.
     fn unlink_page(&self, ctx: &mut Ctx<'_, Msg>, id: &NodeId) -> Result<(), HandlerError> {
-        let outs = ctx.set_members(&self.out_edges, id, None, UNLINK_PAGE)?;
+        let node_prefix = (id,);
+        let outs = ctx.prefix(&self.out_edges, &node_prefix, UNLINK_PAGE)?;
         let room = UNLINK_PAGE - outs.len();
-        for entry in outs {
-            ctx.set_remove(&self.out_edges, id, &entry)?;
-            let key = EdgeKey {
-                from: id.clone(),
-                label: entry.label,
-                to: entry.other,
-            };
+        for (record, state) in outs {
+            ctx.delete(&self.out_edges, &record)?;
+            let key = record.edge(Direction::Out);
             if key.to == *id {
                 // A self-loop's in-record is here too; no message needed.
-                self.remove_record(ctx, &key, Direction::In, &entry.state)?;
+                self.replace_record(ctx, &key, Direction::In, &state, None)?;
             } else {
                 let head = key.to.clone();
                 let message = Msg::Unlink {
                     key,
                     direction: Direction::In,
-                    state: entry.state,
+                    state,
                 };
                 ctx.send(&head, message)?;
             }
@@ -580,23 +594,19 @@ impl Handles {
         // Only reached with room when every out-record is gone, self-loops included: the
         // in-records left all come from other nodes.
         let ins = if room > 0 {
-            ctx.set_members(&self.in_edges, id, None, room)?
+            ctx.prefix(&self.in_edges, &node_prefix, room)?
         } else {
             Vec::new()
         };
         let taken = UNLINK_PAGE - room + ins.len();
-        for entry in ins {
-            ctx.set_remove(&self.in_edges, id, &entry)?;
-            let key = EdgeKey {
-                from: entry.other,
-                label: entry.label,
-                to: id.clone(),
-            };
+        for (record, state) in ins {
+            ctx.delete(&self.in_edges, &record)?;
+            let key = record.edge(Direction::In);
             let tail = key.from.clone();
             let message = Msg::Unlink {
                 key,
                 direction: Direction::Out,
-                state: entry.state,
+                state,
             };
             ctx.send(&tail, message)?;
         }
@@ -617,25 +627,24 @@ impl Handles {
                         "{key:?} has an in-record {found:?} but no out-record"
                     )));
                 }
-                self.insert_record(ctx, &key, Direction::In, state.clone())?;
+                self.put_record(ctx, &key, Direction::In, &state)?;
                 ctx.send_to_partition(origin.partition, Msg::Linked { key, state, origin })
             }
             Msg::Linked { key, state, origin } => {
-                self.insert_record(ctx, &key, Direction::Out, state)?;
+                self.put_record(ctx, &key, Direction::Out, &state)?;
                 ctx.record_outcome_for(origin, &Outcome::Applied)
             }
             Msg::Reject { origin, reason } => {
                 ctx.record_outcome_for(origin, &Outcome::Rejected(reason))
             }
             Msg::Restate { key, old, new } => {
-                self.remove_record(ctx, &key, Direction::In, &old)?;
-                self.insert_record(ctx, &key, Direction::In, new)
+                self.replace_record(ctx, &key, Direction::In, &old, Some(&new))
             }
             Msg::Unlink {
                 key,
                 direction,
                 state,
-            } => self.remove_record(ctx, &key, direction, &state),
+            } => self.replace_record(ctx, &key, direction, &state, None),
             Msg::UnlinkEdges { id } => self.unlink_page(ctx, &id),
         }
     }
@@ -647,8 +656,8 @@ pub fn graph(partitions: u32) -> Result<Graph, SchemaError> {
     let mut builder = TopologyBuilder::<Msg>::new(TOPOLOGY, partitions);
     let handles = Handles {
         nodes: builder.pstate("graph-nodes"),
-        out_edges: builder.set_pstate("graph-out-edges"),
-        in_edges: builder.set_pstate("graph-in-edges"),
+        out_edges: builder.pstate("graph-out-edges"),
+        in_edges: builder.pstate("graph-in-edges"),
     };
     let on_record = handles.clone();
     builder.consume(&commands, move |ctx, command: Command| {
@@ -665,4 +674,26 @@ pub fn graph(partitions: u32) -> Result<Graph, SchemaError> {
         in_edges: handles.in_edges,
         topology: builder.build()?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_keys_sit_on_their_nodes_partition_and_name_their_edge() {
+        let edge = EdgeKey::new("rosa", "FOLLOWS", "karl");
+        for partitions in [1, 2, 7, 64, 1000] {
+            for direction in [Direction::Out, Direction::In] {
+                let key = RecordKey::of(&edge, direction, partitions).expect("a salt");
+                assert_eq!(
+                    partition_for_key(&key, partitions).expect("encodes"),
+                    partition_for_key(edge.holder(direction), partitions).expect("encodes")
+                );
+                assert_eq!(key.edge(direction), edge);
+                // The smallest salt that does it: the same key every time.
+                assert_eq!(RecordKey::of(&edge, direction, partitions).ok(), Some(key));
+            }
+        }
+    }
 }

@@ -6,7 +6,7 @@ use std::ops::Bound;
 use lockstep::{Error, RecordId, Snapshot};
 
 use super::invariants::GraphView;
-use super::{AdjacencyEntry, Direction, Edge, Graph, Node, NodeId, Outcome, TOPOLOGY};
+use super::{Direction, Edge, Graph, Node, NodeId, Outcome, TOPOLOGY};
 
 /// A node with (a first page of) its out- and in-edges, from one snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,49 +54,66 @@ pub fn read_edges(
     after: Option<&Edge>,
     limit: usize,
 ) -> Result<Vec<Edge>, Error> {
-    let after = match (after, label) {
-        (Some(edge), _) => Some(AdjacencyEntry {
-            label: edge.key.label.clone(),
-            other: edge.key.other(direction).clone(),
-            state: edge.state.clone(),
-        }),
-        // The smallest entry of the label, never stored, so the scan starts at its first edge.
-        (None, Some(label)) => Some(AdjacencyEntry::seek(label, "")),
-        (None, None) => None,
+    let records = handles.records(direction);
+    let entries = match after {
+        None => match label {
+            Some(label) => snapshot.prefix(records, &(node, label), limit)?,
+            None => snapshot.prefix(records, &(node,), limit)?,
+        },
+        Some(edge) => {
+            // A node's records all sit on its partition, in key order after the last one read.
+            let last = handles.record_key(&edge.key, direction)?;
+            let partition = handles.nodes.partition_of(node)?;
+            snapshot.partition_range(
+                records,
+                partition,
+                Bound::Excluded(&last),
+                Bound::Unbounded,
+                limit,
+            )?
+        }
     };
-    let entries =
-        snapshot.set_members(handles.adjacency(direction), node, after.as_ref(), limit)?;
     Ok(entries
         .into_iter()
-        .take_while(|entry| label.is_none_or(|label| entry.label == label))
-        .map(|entry| entry.edge(node, direction))
+        .take_while(|(record, _)| {
+            record.node == *node && label.is_none_or(|label| record.label == label)
+        })
+        .map(|(record, state)| Edge {
+            key: record.edge(direction),
+            state,
+        })
         .collect())
 }
 
 /// Every node and both records of every edge, from one snapshot (so the view is consistent
 /// across partitions). Reads the whole graph: for checks and tests.
 pub fn read_view(snapshot: &Snapshot<'_>, handles: &Graph) -> Result<GraphView, Error> {
-    let nodes = snapshot
-        .range(
-            &handles.nodes,
-            Bound::Unbounded,
-            Bound::Unbounded,
-            usize::MAX,
-        )?
-        .into_iter()
-        .collect();
     let mut view = GraphView {
-        nodes,
+        nodes: snapshot
+            .range(
+                &handles.nodes,
+                Bound::Unbounded,
+                Bound::Unbounded,
+                usize::MAX,
+            )?
+            .into_iter()
+            .collect(),
         ..GraphView::default()
     };
     for direction in [Direction::Out, Direction::In] {
-        let entries = snapshot.set_entries(handles.adjacency(direction), usize::MAX)?;
-        for (node, entry) in entries {
-            let edge = entry.edge(&node, direction);
-            if view.records(direction).contains_key(&edge.key) {
-                view.duplicate_records.push((direction, edge));
+        let records = snapshot.range(
+            handles.records(direction),
+            Bound::Unbounded,
+            Bound::Unbounded,
+            usize::MAX,
+        )?;
+        for (record, state) in records {
+            let key = record.edge(direction);
+            if view.records(direction).contains_key(&key) {
+                view.duplicate_records
+                    .push((direction, Edge { key, state }));
             } else {
-                view.records_mut(direction).insert(edge.key, edge.state);
+                view.records_mut(direction).insert(key, state);
             }
         }
     }

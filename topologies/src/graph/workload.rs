@@ -54,7 +54,7 @@ impl Default for WorkloadConfig {
             hot_nodes: 8,
             hot_edges: 16,
             hot_edge_per_mille: 250,
-            hot_node_delete_per_million: 20,
+            hot_node_delete_per_million: 10,
             communities: 8,
             local_per_mille: 650,
         }
@@ -90,10 +90,10 @@ const UNIFORM_HEAD_PER_MILLE: u64 = 200;
 const HOT_NODE_HEAD_START: usize = 50;
 
 /// The command mix in steady state, per mille; the rest are `set_edge_props`.
-const ADD_NODE_PER_MILLE: u64 = 20;
-const DELETE_NODE_PER_MILLE: u64 = 20;
-const ADD_EDGE_PER_MILLE: u64 = 120;
-const DELETE_EDGE_PER_MILLE: u64 = 40;
+const ADD_NODE_PER_MILLE: u64 = 15;
+const DELETE_NODE_PER_MILLE: u64 = 15;
+const ADD_EDGE_PER_MILLE: u64 = 130;
+const DELETE_EDGE_PER_MILLE: u64 = 30;
 
 /// A workload: call [`next`](Self::next) for each command.
 #[derive(Debug, Clone)]
