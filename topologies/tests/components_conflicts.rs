@@ -35,10 +35,6 @@ fn spread_ids(harness: &Harness, n: usize) -> Vec<String> {
     ids
 }
 
-fn outcome_of(harness: &Harness, index_from_end: usize) -> Outcome {
-    harness.outcomes[harness.outcomes.len() - 1 - index_from_end].1
-}
-
 #[test]
 fn create_child_while_its_parent_is_deleted() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -75,7 +71,7 @@ fn two_reparents_that_together_would_form_a_cycle() {
     h.append(&[reparent(a, Some(b)), reparent(b, Some(a))]);
     h.run_until_idle();
     h.assert_matches_model();
-    let rejected = [outcome_of(&h, 0), outcome_of(&h, 1)]
+    let rejected = [h.outcome_from_end(0), h.outcome_from_end(1)]
         .iter()
         .filter(|o| **o == Outcome::Rejected(RejectReason::WouldCreateCycle))
         .count();
@@ -184,8 +180,8 @@ fn parent_and_child_appended_together_apply_in_append_order() {
     assert!(h.run_batch(), "one batch");
     assert!(!h.run_batch(), "and only one");
     h.assert_matches_model();
-    assert_eq!(outcome_of(&h, 0), Outcome::Applied);
-    assert_eq!(outcome_of(&h, 1), Outcome::Applied);
+    assert_eq!(h.outcome_from_end(0), Outcome::Applied);
+    assert_eq!(h.outcome_from_end(1), Outcome::Applied);
 }
 
 #[test]
@@ -204,7 +200,7 @@ fn attributes_that_outgrow_the_limit_are_rejected_not_fatal() {
     h.run_until_idle();
     h.assert_matches_model();
     assert_eq!(
-        outcome_of(&h, 1),
+        h.outcome_from_end(1),
         Outcome::Rejected(RejectReason::TooLarge),
         "the fourth update is refused"
     );

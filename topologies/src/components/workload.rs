@@ -3,26 +3,7 @@
 //! that commands from concurrent clients race on the same components. Deterministic for a seed.
 
 use super::{Attrs, Command, ComponentId, DeleteMode, Outcome};
-
-/// SplitMix64: tiny, fast and good enough to drive a workload; keeps the crate free of a
-/// random-number dependency.
-#[derive(Debug, Clone)]
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0).
-    fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
-    }
-}
+use crate::rng::SplitMix64;
 
 /// Generates commands for one client.
 ///
@@ -62,7 +43,7 @@ impl Workload {
 
     fn with_hot_prefix(seed: u64, client: u64, hot_ids: u64, hot_prefix: String) -> Self {
         Self {
-            rng: SplitMix64(seed ^ client.wrapping_mul(0xA24B_AED4_963E_E407)),
+            rng: SplitMix64::new(seed ^ client.wrapping_mul(0xA24B_AED4_963E_E407)),
             client,
             hot_ids: hot_ids.max(1),
             hot_prefix,
