@@ -35,7 +35,7 @@ fn scale_free_contended_workload_matches_the_model_after_every_batch() {
     let commands = 20_000;
     let mut batches = 0;
     for _ in 0..commands / 1000 {
-        let chunk: Vec<_> = (0..1000).map(|_| workload.next().0).collect();
+        let chunk: Vec<_> = (0..1000).map(|_| workload.next_with_outcome().0).collect();
         h.append(&chunk);
         while h.run_batch() {
             batches += 1;

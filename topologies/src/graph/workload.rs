@@ -176,7 +176,7 @@ impl Workload {
     }
 
     /// The next command, and the outcome the sequential model gave it.
-    pub fn next(&mut self) -> (Command, Outcome) {
+    pub fn next_with_outcome(&mut self) -> (Command, Outcome) {
         let command = self.next_command();
         let outcome = self.model.apply(&command);
         self.issued += 1;
@@ -414,7 +414,7 @@ mod tests {
 
     fn run(seed: u64, config: WorkloadConfig, commands: usize) -> (Workload, Vec<Command>) {
         let mut workload = Workload::new(seed, config);
-        let stream = (0..commands).map(|_| workload.next().0).collect();
+        let stream = (0..commands).map(|_| workload.next_with_outcome().0).collect();
         (workload, stream)
     }
 
@@ -466,7 +466,7 @@ mod tests {
         let mut workload = Workload::new(5, config.clone());
         let mut sizes = Vec::new();
         for i in 1..=300_000 {
-            workload.next();
+            workload.next_with_outcome();
             if i % 100_000 == 0 {
                 sizes.push((workload.model().nodes.len(), workload.model().edges.len()));
             }
@@ -497,7 +497,7 @@ mod tests {
         let mut counts: BTreeMap<Option<RejectReason>, u32> = BTreeMap::new();
         let mut kinds: BTreeMap<&'static str, u32> = BTreeMap::new();
         for _ in 0..30_000 {
-            let (command, outcome) = workload.next();
+            let (command, outcome) = workload.next_with_outcome();
             let reason = match outcome {
                 Outcome::Applied => None,
                 Outcome::Rejected(reason) => Some(reason),

@@ -169,7 +169,7 @@ fn run_lockstep(args: &Args) -> anyhow::Result<LockstepRun> {
     for &mark in &marks {
         while issued < mark {
             let take = (mark - issued).min(args.chunk as u64);
-            let commands: Vec<Command> = (0..take).map(|_| workload.next().0).collect();
+            let commands: Vec<Command> = (0..take).map(|_| workload.next_with_outcome().0).collect();
             let appending = Instant::now();
             engine.append_many(&handles.commands, &commands)?;
             run.engine_time += appending.elapsed();
@@ -249,7 +249,7 @@ fn run_uncoordinated(args: &Args, straggler_probability: f64) -> UncoordinatedRu
     let mut edges_deleted = 0u64;
     for update in 1..=args.updates {
         let edges_before = workload.model().edges.len();
-        let (command, outcome) = workload.next();
+        let (command, outcome) = workload.next_with_outcome();
         if outcome == Outcome::Applied {
             if matches!(
                 command,

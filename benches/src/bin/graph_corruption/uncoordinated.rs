@@ -536,7 +536,7 @@ mod tests {
             ..network(straggler_probability, 1)
         });
         for update in 1..=30_000u32 {
-            let (command, outcome) = workload.next();
+            let (command, outcome) = workload.next_with_outcome();
             if outcome == Outcome::Applied {
                 store.issue(f64::from(update) / 10_000.0, &command, |node| {
                     workload.community_of(node) % 4
