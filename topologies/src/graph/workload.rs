@@ -414,7 +414,9 @@ mod tests {
 
     fn run(seed: u64, config: WorkloadConfig, commands: usize) -> (Workload, Vec<Command>) {
         let mut workload = Workload::new(seed, config);
-        let stream = (0..commands).map(|_| workload.next_with_outcome().0).collect();
+        let stream = (0..commands)
+            .map(|_| workload.next_with_outcome().0)
+            .collect();
         (workload, stream)
     }
 

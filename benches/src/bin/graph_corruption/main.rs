@@ -169,7 +169,8 @@ fn run_lockstep(args: &Args) -> anyhow::Result<LockstepRun> {
     for &mark in &marks {
         while issued < mark {
             let take = (mark - issued).min(args.chunk as u64);
-            let commands: Vec<Command> = (0..take).map(|_| workload.next_with_outcome().0).collect();
+            let commands: Vec<Command> =
+                (0..take).map(|_| workload.next_with_outcome().0).collect();
             let appending = Instant::now();
             engine.append_many(&handles.commands, &commands)?;
             run.engine_time += appending.elapsed();
