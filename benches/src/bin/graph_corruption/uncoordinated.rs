@@ -547,24 +547,17 @@ mod tests {
     }
 
     #[test]
-    fn without_stragglers_and_node_deletes_the_partitions_never_disagree() {
-        let (workload, settled) = run_workload(0.0, 0);
-        assert_eq!(settled.view(), &workload.model().view());
+    fn without_stragglers_only_the_second_hop_of_a_node_delete_races() {
+        // Halves arrive in the order they were sent. But a deleted node's edges are unlinked one
+        // hop after the delete arrives, and a celebrity (the only kind of node that comes back)
+        // re-created with an edge meanwhile finds its old record on one side only.
+        let (workload, settled) = run_workload(0.0, 2_000);
         assert_eq!(settled.overtaken_share(), 0.0);
-        assert!(settled.corruption_events().is_empty());
         assert!(
             settled.crossing_share() > 0.2,
             "{}",
             settled.crossing_share()
         );
-    }
-
-    #[test]
-    fn without_stragglers_only_the_second_hop_of_a_node_delete_races() {
-        // A deleted celebrity's edges are unlinked one hop after the delete arrives; an edge
-        // to it re-added meanwhile meets its own old record on one side and not the other.
-        let (workload, settled) = run_workload(0.0, 2_000);
-        assert_eq!(settled.overtaken_share(), 0.0);
         let events = settled.corruption_events();
         assert!(!events.is_empty());
         let celebrities = workload.hot_nodes();
