@@ -330,7 +330,9 @@ fn tick_label(value: f64) -> String {
     } else if scaled.abs() >= 10.0 {
         format!("{scaled:.1}")
     } else {
-        format!("{scaled:.2}")
+        // Two significant digits below 1, so that close small ticks stay apart.
+        let decimals = (2 - scaled.abs().log10().floor() as i32).clamp(2, 8) as usize;
+        format!("{scaled:.decimals$}")
     };
     let text = if text.contains('.') {
         text.trim_end_matches('0').trim_end_matches('.').to_string()
@@ -388,13 +390,15 @@ mod tests {
 
     #[test]
     fn tick_labels_are_short() {
-        let labels: Vec<String> = [0.0, 0.25, 1.0, 12.5, 2500.0, 10_000.0, 1e6, 1.5e7]
-            .into_iter()
-            .map(tick_label)
-            .collect();
+        let labels: Vec<String> = [
+            0.0, 0.005, 0.0125, 0.25, 1.0, 12.5, 2500.0, 10_000.0, 1e6, 1.5e7,
+        ]
+        .into_iter()
+        .map(tick_label)
+        .collect();
         assert_eq!(
             labels,
-            ["0", "0.25", "1", "12.5", "2.5k", "10k", "1M", "15M"]
+            ["0", "0.005", "0.0125", "0.25", "1", "12.5", "2.5k", "10k", "1M", "15M"]
         );
     }
 

@@ -113,7 +113,7 @@ mod tests {
         reads: Mutex<u64>,
     }
 
-    impl StateRead for &Counting {
+    impl StateRead for Counting {
         fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
             *self.reads.lock().expect("lock") += 1;
             Ok(self.entries.lock().expect("lock").get(key).cloned())

@@ -11,7 +11,7 @@ use crossbeam_channel::{Receiver, Sender};
 use lockstep_core::exec::{BatchInput, InputRecord, ResolvedIds};
 use lockstep_core::store::{
     append_digest, BatchCommit, CommitRecord, CommitStore, ConsumedOffset, DepotEntry, DepotLog,
-    Entry, ProducerState, StoreError,
+    Entry, Overlaid, ProducerState, StateRead, StoreError,
 };
 use lockstep_core::{
     decode_envelope, Depot, DepotSpec, PStateSpec, RecordId, SchemaError, Topology,
@@ -1329,13 +1329,91 @@ fn reply_all(group: Vec<AppendRequest>, error: &Error) {
 // ---- batch drivers ----
 
 fn run_driver(shared: &Shared, topology: &TopologyState) {
+    // The committer thread commits batch N while this thread executes batch N + 1 over N's
+    // pending writes; N + 1 is handed over only once N is published, so at most one batch is
+    // in flight and commits stay in batch order (see the commit protocol, step 4).
+    let (batches_tx, batches_rx) = crossbeam_channel::bounded::<PreparedBatch>(0);
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<Result<BatchSummary, Error>>(1);
+    std::thread::scope(|scope| {
+        let committer = std::thread::Builder::new()
+            .name(format!("lockstep-{}-commit", topology.topology.name()))
+            .spawn_scoped(scope, move || {
+                for prepared in batches_rx {
+                    if done_tx
+                        .send(commit_batch(shared, topology, prepared))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        if let Err(e) = committer {
+            stop_topology(
+                topology,
+                &Error::Store(StoreError::Io {
+                    op: "spawn thread",
+                    message: e.to_string(),
+                }),
+            );
+            return;
+        }
+        drive_batches(shared, topology, &batches_tx, &done_rx);
+        drop(batches_tx);
+    });
+}
+
+/// The batch in flight on the committer thread.
+struct InFlight {
+    batch_id: u64,
+    consumed: Consumed,
+    writes: Arc<Vec<lockstep_core::store::WriteSet>>,
+}
+
+fn drive_batches(
+    shared: &Shared,
+    topology: &TopologyState,
+    batches: &Sender<PreparedBatch>,
+    done: &Receiver<Result<BatchSummary, Error>>,
+) {
+    let mut in_flight: Option<InFlight> = None;
+    // Waits for the batch in flight to be published; false if it failed (the engine is then
+    // poisoned and the topology stopped).
+    let settle = |in_flight: &mut Option<InFlight>| -> bool {
+        if in_flight.take().is_none() {
+            return true;
+        }
+        match done.recv() {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => {
+                stop_topology(topology, &e);
+                false
+            }
+            Err(_) => {
+                stop_topology(topology, &Error::Closed);
+                false
+            }
+        }
+    };
     loop {
         let seen = shared.input.generation();
         if shared.shutdown.load(Ordering::Acquire) || shared.poison.check().is_err() {
+            settle(&mut in_flight);
             return;
         }
-        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            run_one_batch(shared, topology)
+        // Plan from where the batch in flight leaves off.
+        let mut progress = lock(&topology.progress).clone();
+        if let Some(flight) = &in_flight {
+            progress.record.batch_id = flight.batch_id;
+            progress.consumed = flight.consumed.clone();
+        }
+        let pending = in_flight.as_ref().map(|flight| flight.writes.clone());
+        let prepared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            prepare_batch(
+                shared,
+                topology,
+                &progress,
+                pending.as_deref().map(Vec::as_slice),
+            )
         }))
         .unwrap_or_else(|panic| {
             let message = panic
@@ -1348,17 +1426,31 @@ fn run_driver(shared: &Shared, topology: &TopologyState) {
                 reason: format!("a handler panicked: {message}"),
             })
         });
-        match ran {
-            Ok(Some(_)) => {}
+        match prepared {
+            Ok(Some(prepared)) => {
+                if !settle(&mut in_flight) {
+                    return;
+                }
+                in_flight = Some(InFlight {
+                    batch_id: prepared.batch_id,
+                    consumed: prepared.consumed.clone(),
+                    writes: prepared.writes.clone(),
+                });
+                if batches.send(prepared).is_err() {
+                    stop_topology(topology, &Error::Closed);
+                    return;
+                }
+            }
+            Ok(None) if in_flight.is_some() => {
+                if !settle(&mut in_flight) {
+                    return;
+                }
+            }
             Ok(None) => shared.input.wait_past(seen, &shared.shutdown),
             Err(e) => {
-                tracing::error!(topology = topology.topology.name(), error = %e, "batch driver stopped");
-                // Waiters must hear why nothing more will commit, whatever the failure was.
-                lock(&topology.progress)
-                    .stopped
-                    .get_or_insert_with(|| e.to_string());
-                topology.progress_changed.notify_all();
-                topology.commits.send_modify(|_| ());
+                // The batch in flight is good: let it commit before stopping.
+                settle(&mut in_flight);
+                stop_topology(topology, &e);
                 return;
             }
         }
@@ -1446,54 +1538,67 @@ fn plan_batch(
     )))
 }
 
-/// Plans, executes and commits one batch. `Ok(None)` when there is no new input.
-fn run_one_batch(shared: &Shared, state: &TopologyState) -> Result<Option<BatchSummary>, Error> {
-    let _serial = lock(&state.run_lock);
+/// A batch planned and executed, not yet committed.
+struct PreparedBatch {
+    batch_id: u64,
+    record: CommitRecord,
+    consumed: Consumed,
+    /// Shared with the next batch while this one commits: it reads them as pending state.
+    writes: Arc<Vec<lockstep_core::store::WriteSet>>,
+    records: u64,
+    rounds: u32,
+    messages: u64,
+    started: Instant,
+}
+
+/// Plans and executes the batch after the one `progress` describes, reading committed state
+/// with `pending` (the writes of the previous batch, if it has not committed yet) laid over
+/// it. Side-effect free: a failure leaves nothing to undo. `Ok(None)` when there is no new
+/// input.
+fn prepare_batch(
+    shared: &Shared,
+    state: &TopologyState,
+    progress: &Progress,
+    pending: Option<&[lockstep_core::store::WriteSet]>,
+) -> Result<Option<PreparedBatch>, Error> {
     let started = Instant::now();
     let name = state.topology.name();
-    let progress = lock(&state.progress).clone();
-    if let Some(reason) = progress.stopped {
+    if let Some(reason) = &progress.stopped {
         return Err(Error::TopologyStopped {
             topology: name.to_string(),
-            reason,
+            reason: reason.clone(),
         });
     }
     shared.poison.check()?;
 
-    let Some((input, consumed)) = plan_batch(shared, state, &progress)? else {
+    let Some((input, consumed)) = plan_batch(shared, state, progress)? else {
         return Ok(None);
     };
     let batch_id = input.batch_id;
-    let span = tracing::debug_span!("batch", topology = name, batch_id);
-    let _entered = span.enter();
+    let _entered = tracing::debug_span!("execute", topology = name, batch_id).entered();
 
     let live = shared.store.live()?;
-    let executed = match &shared.state_cache {
-        Some(cache) => state.topology.execute(
-            input,
-            &state.ids,
-            &CachedState { base: live, cache },
-            shared.options.threads,
-        ),
-        None => state
-            .topology
-            .execute(input, &state.ids, &live, shared.options.threads),
+    let cached = shared
+        .state_cache
+        .as_ref()
+        .map(|cache| CachedState { base: &live, cache });
+    let committed: &dyn StateRead = match &cached {
+        Some(cached) => cached,
+        None => &live,
     };
-    let output = match executed {
-        Ok(output) => output,
-        Err(source) => {
-            let error = Error::Batch {
-                topology: name.to_string(),
-                batch_id,
-                source: Box::new(source),
-            };
-            tracing::error!(topology = name, batch_id, error = %error, "batch failed; topology stopped");
-            lock(&state.progress).stopped = Some(error.to_string());
-            state.progress_changed.notify_all();
-            state.commits.send_modify(|_| ());
-            return Err(error);
-        }
+    let overlaid = pending.map(|pending| Overlaid::new(committed, pending));
+    let base: &dyn StateRead = match &overlaid {
+        Some(overlaid) => overlaid,
+        None => committed,
     };
+    let output = state
+        .topology
+        .execute(input, &state.ids, base, shared.options.threads)
+        .map_err(|source| Error::Batch {
+            topology: name.to_string(),
+            batch_id,
+            source: Box::new(source),
+        })?;
 
     let mut record = CommitRecord {
         batch_id,
@@ -1509,9 +1614,49 @@ fn run_one_batch(shared: &Shared, state: &TopologyState) -> Result<Option<BatchS
         }
     }
     record.offsets.sort();
-    let writes: u64 = output.writes.iter().map(|w| w.len() as u64).sum();
-    let write_bytes: u64 = output
-        .writes
+    Ok(Some(PreparedBatch {
+        batch_id,
+        record,
+        consumed,
+        writes: Arc::new(output.writes),
+        records: output.records,
+        rounds: output.rounds,
+        messages: output.messages,
+        started,
+    }))
+}
+
+/// Stops `state` for good after its batch failed: waiters hear why nothing more will commit.
+fn stop_topology(state: &TopologyState, error: &Error) {
+    let name = state.topology.name();
+    tracing::error!(topology = name, error = %error, "batch failed; topology stopped");
+    lock(&state.progress)
+        .stopped
+        .get_or_insert_with(|| error.to_string());
+    state.progress_changed.notify_all();
+    state.commits.send_modify(|_| ());
+}
+
+/// Commits a prepared batch (one synced write) and publishes it: progress, waiters, cache,
+/// stats. A failed commit poisons the engine.
+fn commit_batch(
+    shared: &Shared,
+    state: &TopologyState,
+    prepared: PreparedBatch,
+) -> Result<BatchSummary, Error> {
+    let PreparedBatch {
+        batch_id,
+        record,
+        consumed,
+        writes: output_writes,
+        records,
+        rounds,
+        messages,
+        started,
+    } = prepared;
+    let name = state.topology.name();
+    let writes: u64 = output_writes.iter().map(|w| w.len() as u64).sum();
+    let write_bytes: u64 = output_writes
         .iter()
         .flat_map(|w| w.iter())
         .map(|(k, v)| (k.len() + v.as_ref().map_or(0, Vec::len)) as u64)
@@ -1520,7 +1665,7 @@ fn run_one_batch(shared: &Shared, state: &TopologyState) -> Result<Option<BatchS
     let commit_started = Instant::now();
     let committed = {
         let _gate = shared.poison.admit()?;
-        commit(shared, state.id, &record, &output.writes)
+        commit(shared, state.id, &record, &output_writes)
     };
     if let Err(e) = committed {
         let reason = format!("batch {batch_id} of topology {name:?} failed to commit: {e}");
@@ -1530,10 +1675,11 @@ fn run_one_batch(shared: &Shared, state: &TopologyState) -> Result<Option<BatchS
         return Err(Error::Poisoned { reason });
     }
     let commit_latency_us = commit_started.elapsed().as_micros() as u64;
-    // Durable: the cache may now show it (this topology's next batch, its only reader of these
-    // keys, starts after this returns).
+    // Durable: the cache may now show it. The next batch of this topology, the only reader of
+    // these keys, either starts after this returns or reads them from `output_writes` as
+    // pending state until it does.
     if let Some(cache) = &shared.state_cache {
-        cache.apply(&output.writes);
+        cache.apply(&output_writes);
     }
 
     {
@@ -1546,9 +1692,9 @@ fn run_one_batch(shared: &Shared, state: &TopologyState) -> Result<Option<BatchS
     state.commits.send_replace(batch_id);
     let summary = BatchSummary {
         batch_id,
-        records: output.records,
-        rounds: output.rounds,
-        messages: output.messages,
+        records,
+        rounds,
+        messages,
         writes,
         write_bytes,
         batch_latency_us: started.elapsed().as_micros() as u64,
@@ -1563,6 +1709,8 @@ fn run_one_batch(shared: &Shared, state: &TopologyState) -> Result<Option<BatchS
         stats.commit_time_us += summary.commit_latency_us;
     }
     tracing::debug!(
+        topology = name,
+        batch_id,
         records = summary.records,
         rounds = summary.rounds,
         messages = summary.messages,
@@ -1571,7 +1719,23 @@ fn run_one_batch(shared: &Shared, state: &TopologyState) -> Result<Option<BatchS
         batch_latency_us = summary.batch_latency_us,
         "committed"
     );
-    Ok(Some(summary))
+    Ok(summary)
+}
+
+/// Plans, executes and commits one batch, nothing overlapping. `Ok(None)` when there is no new
+/// input.
+fn run_one_batch(shared: &Shared, state: &TopologyState) -> Result<Option<BatchSummary>, Error> {
+    let _serial = lock(&state.run_lock);
+    let progress = lock(&state.progress).clone();
+    match prepare_batch(shared, state, &progress, None) {
+        Ok(Some(prepared)) => commit_batch(shared, state, prepared).map(Some),
+        Ok(None) => Ok(None),
+        Err(error @ Error::Batch { .. }) => {
+            stop_topology(state, &error);
+            Err(error)
+        }
+        Err(error) => Err(error),
+    }
 }
 
 fn commit(
