@@ -4,9 +4,12 @@
 //! and a point read that misses RocksDB's block cache still walks the memtable's skiplist and
 //! the levels' filters: several times the cost of a hash lookup. The cache holds what handlers
 //! recently read (misses too) and is kept coherent by the one writer of each key: a topology's
-//! batch commit, which refreshes every cached key it wrote once the commit is durable. No read
-//! can interleave with that refresh, because a topology's next batch (its only reader) starts
-//! after its previous commit returns, and no topology reads another's keys. Snapshots never use
+//! batch commit, which refreshes every cached key it wrote once the commit is durable. The only
+//! reader that can run during that refresh is the topology's next batch, executing while the
+//! commit is in flight (pipelining), and it reads every key the committing batch wrote from
+//! that batch's write sets (`Overlaid`, laid over this cache), never from here; the batch after
+//! it starts once the refresh is done. A miss here is filled from RocksDB without excluding the
+//! refresh, which is safe only for that reason. No topology reads another's keys. Snapshots never use
 //! the cache: they read RocksDB at a point in time.
 
 use std::sync::Arc;

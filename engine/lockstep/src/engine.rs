@@ -31,7 +31,8 @@ use crate::store::RocksStore;
 #[non_exhaustive]
 pub enum BatchDriving {
     /// A thread per topology starts a batch as soon as there is new input and the previous
-    /// commit has finished.
+    /// batch has executed; a second thread commits it, while the next one executes (see the
+    /// commit protocol, *Pipelining*).
     #[default]
     Automatic,
     /// Batches run only when [`Engine::run_batch`] is called (tests, simulations, replays).
@@ -104,7 +105,8 @@ pub struct BatchSummary {
     pub writes: u64,
     /// Key and value bytes written.
     pub write_bytes: u64,
-    /// Time from planning to published commit.
+    /// Time from planning to published commit. With automatic driving this includes waiting
+    /// for the previous batch's commit before this one is handed over.
     pub batch_latency_us: u64,
     /// Time spent in the synced commit write.
     pub commit_latency_us: u64,
@@ -286,6 +288,8 @@ pub struct TopologyStats {
     pub write_bytes: u64,
     /// Time spent in synced commit writes.
     pub commit_time_us: u64,
+    /// Batches that executed while the batch before them was committing (pipelining).
+    pub batches_pipelined: u64,
 }
 
 impl TopologyState {
@@ -1339,10 +1343,21 @@ fn run_driver(shared: &Shared, topology: &TopologyState) {
             .name(format!("lockstep-{}-commit", topology.topology.name()))
             .spawn_scoped(scope, move || {
                 for prepared in batches_rx {
-                    if done_tx
-                        .send(commit_batch(shared, topology, prepared))
-                        .is_err()
-                    {
+                    let batch_id = prepared.batch_id;
+                    let committed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        commit_batch(shared, topology, prepared)
+                    }))
+                    .unwrap_or_else(|panic| {
+                        // Whether the batch reached the disk is unknown: no more writes.
+                        let reason = format!(
+                            "committing batch {batch_id} of topology {:?} panicked: {}",
+                            topology.topology.name(),
+                            panic_message(panic.as_ref())
+                        );
+                        shared.poison_and_wake(reason.clone());
+                        Err(Error::Poisoned { reason })
+                    });
+                    if done_tx.send(committed).is_err() {
                         return;
                     }
                 }
@@ -1360,6 +1375,14 @@ fn run_driver(shared: &Shared, topology: &TopologyState) {
         drive_batches(shared, topology, &batches_tx, &done_rx);
         drop(batches_tx);
     });
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string())
 }
 
 /// The batch in flight on the committer thread.
@@ -1416,14 +1439,9 @@ fn drive_batches(
             )
         }))
         .unwrap_or_else(|panic| {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".to_string());
             Err(Error::TopologyStopped {
                 topology: topology.topology.name().to_string(),
-                reason: format!("a handler panicked: {message}"),
+                reason: format!("a handler panicked: {}", panic_message(panic.as_ref())),
             })
         });
         match prepared {
@@ -1548,6 +1566,8 @@ struct PreparedBatch {
     records: u64,
     rounds: u32,
     messages: u64,
+    /// Executed while the batch before it was committing.
+    pipelined: bool,
     started: Instant,
 }
 
@@ -1622,6 +1642,7 @@ fn prepare_batch(
         records: output.records,
         rounds: output.rounds,
         messages: output.messages,
+        pipelined: pending.is_some(),
         started,
     }))
 }
@@ -1652,6 +1673,7 @@ fn commit_batch(
         records,
         rounds,
         messages,
+        pipelined,
         started,
     } = prepared;
     let name = state.topology.name();
@@ -1707,6 +1729,7 @@ fn commit_batch(
         stats.writes += summary.writes;
         stats.write_bytes += summary.write_bytes;
         stats.commit_time_us += summary.commit_latency_us;
+        stats.batches_pipelined += u64::from(pipelined);
     }
     tracing::debug!(
         topology = name,
