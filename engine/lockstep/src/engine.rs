@@ -59,6 +59,12 @@ pub struct EngineOptions {
     /// Bytes of committed state kept in memory for handlers' point reads (0: none), counting
     /// keys, values and an estimate of each entry's bookkeeping; the cache's real footprint
     /// is proportional to this (up to about twice it), and independent of the state's size.
+    ///
+    /// Off by default: on the reference workloads, with RocksDB's Bloom filters answering
+    /// reads of absent keys, filling and refreshing the cache cost more than it saved (the
+    /// component scaling run was 1.3–1.5× faster without it at 100k and 1M components; see
+    /// BENCHMARKS.md). It can pay for a topology that re-reads a hot set much smaller than
+    /// its state, whose reads miss the memtables.
     pub state_cache_bytes_max: usize,
     /// Faults to inject into durable writes (tests and simulations); `None` in production.
     pub storage_faults: Option<StorageFaults>,
@@ -73,7 +79,7 @@ impl Default for EngineOptions {
             append_queue_max: 4096,
             append_group_bytes_max: 8 << 20,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            state_cache_bytes_max: 64 << 20,
+            state_cache_bytes_max: 0,
             storage_faults: None,
         }
     }

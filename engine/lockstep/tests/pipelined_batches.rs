@@ -12,11 +12,25 @@ use lockstep::{Delivery, EngineOptions};
 
 #[test]
 fn batches_executed_during_a_commit_see_its_writes() {
+    run(0);
+}
+
+/// The state cache is refreshed by the committer while the next batch executes: that batch
+/// must read the committing batch's keys from its write sets, never from the cache. A cache of
+/// 1 KiB evicts all the time; one of 64 MiB keeps everything.
+#[test]
+fn with_a_state_cache_too() {
+    run(1 << 10);
+    run(64 << 20);
+}
+
+fn run(state_cache_bytes_max: usize) {
     let dir = tempfile::tempdir().expect("tempdir");
     let partitions = 4;
     let ledger = ledger_with(partitions, Delivery::Serializable);
     let mut options = EngineOptions::default();
     options.batch_records_max = 3;
+    options.state_cache_bytes_max = state_cache_bytes_max;
     let engine = open(dir.path(), &ledger, options).expect("open");
     let mut model = Model::with_delivery(partitions, Delivery::Serializable);
     let mut last = None;
