@@ -280,14 +280,25 @@ impl StateRead for Overlaid<'_> {
             std::ops::Bound::Included(from),
             std::ops::Bound::Excluded(to),
         );
-        // Write sets are disjoint, so their entries in the range merge into one set.
-        let mut in_range = WriteSet::new();
-        for writes in self.pending {
-            for (key, value) in writes.range::<[u8], _>(range) {
-                in_range.insert(key.clone(), value.clone());
+        let mut touched = self
+            .pending
+            .iter()
+            .filter(|writes| writes.range::<[u8], _>(range).next().is_some());
+        match (touched.next(), touched.next()) {
+            (None, _) => self.base.scan(from, to, limit),
+            // The usual case, a scan within one partition: that partition's set as it is.
+            (Some(writes), None) => crate::ctx::scan_merged(self.base, writes, from, to, limit),
+            (Some(_), Some(_)) => {
+                // Write sets are disjoint, so their entries in the range merge into one set.
+                let mut in_range = WriteSet::new();
+                for writes in self.pending {
+                    for (key, value) in writes.range::<[u8], _>(range) {
+                        in_range.insert(key.clone(), value.clone());
+                    }
+                }
+                crate::ctx::scan_merged(self.base, &in_range, from, to, limit)
             }
         }
-        crate::ctx::scan_merged(self.base, &in_range, from, to, limit)
     }
 }
 

@@ -1090,12 +1090,14 @@ fn spawn<F: FnOnce() + Send + 'static>(name: &str, f: F) -> Result<JoinHandle<()
     std::thread::Builder::new()
         .name(name.to_string())
         .spawn(f)
-        .map_err(|e| {
-            Error::Store(StoreError::Io {
-                op: "spawn thread",
-                message: e.to_string(),
-            })
-        })
+        .map_err(spawn_error)
+}
+
+fn spawn_error(e: std::io::Error) -> Error {
+    Error::Store(StoreError::Io {
+        op: "spawn thread",
+        message: e.to_string(),
+    })
 }
 
 /// Turns a stored commit record into per-input consumed offsets, checking it against the
@@ -1341,7 +1343,7 @@ fn reply_all(group: Vec<AppendRequest>, error: &Error) {
 fn run_driver(shared: &Shared, topology: &TopologyState) {
     // The committer thread commits batch N while this thread executes batch N + 1 over N's
     // pending writes; N + 1 is handed over only once N is published, so at most one batch is
-    // in flight and commits stay in batch order (see the commit protocol, step 4).
+    // in flight and commits stay in batch order (see the commit protocol, section 4, Pipelining).
     let (batches_tx, batches_rx) = crossbeam_channel::bounded::<PreparedBatch>(0);
     let (done_tx, done_rx) = crossbeam_channel::bounded::<Result<BatchSummary, Error>>(1);
     std::thread::scope(|scope| {
@@ -1369,13 +1371,7 @@ fn run_driver(shared: &Shared, topology: &TopologyState) {
                 }
             });
         if let Err(e) = committer {
-            stop_topology(
-                topology,
-                &Error::Store(StoreError::Io {
-                    op: "spawn thread",
-                    message: e.to_string(),
-                }),
-            );
+            stop_topology(topology, &spawn_error(e));
             return;
         }
         drive_batches(shared, topology, &batches_tx, &done_rx);
@@ -1435,14 +1431,9 @@ fn drive_batches(
             progress.record.batch_id = flight.batch_id;
             progress.consumed = flight.consumed.clone();
         }
-        let pending = in_flight.as_ref().map(|flight| flight.writes.clone());
+        let pending = in_flight.as_ref().map(|flight| flight.writes.as_slice());
         let prepared = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            prepare_batch(
-                shared,
-                topology,
-                &progress,
-                pending.as_deref().map(Vec::as_slice),
-            )
+            prepare_batch(shared, topology, &progress, pending)
         }))
         .unwrap_or_else(|panic| {
             Err(Error::TopologyStopped {
