@@ -9,11 +9,15 @@ use serde::Serialize;
 
 use crate::codec::{decode_envelope, encode_envelope, CodecError};
 use crate::hash::partition_for_key_bytes;
-use crate::keycodec::{decode_key, decode_key_prefix, encode_key, KeyCodecError};
+use crate::keycodec::{decode_key, decode_key_prefix, encode_key, encode_key_into, KeyCodecError};
 use crate::layout::{entry_key, partition_prefix, prefix_range, PARTITION_PREFIX_BYTES};
 use crate::schema::{PState, PStateSpec, SetPState};
 use crate::store::{Entry, StateRead, StoreError, WriteSet};
 use crate::topology::RecordId;
+
+/// Room reserved for a laid-out key: the 8-byte prefix and a short encoded key fit without
+/// growing the buffer.
+const ENTRY_KEY_BYTES_GUESS: usize = 48;
 
 /// Largest encoded PState value or outcome.
 pub const VALUE_BYTES_MAX: usize = 16 << 20;
@@ -89,11 +93,26 @@ pub(crate) struct View<'a> {
 }
 
 impl View<'_> {
-    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    /// Hands the value under `key` to `visit`, lent rather than copied where the write set or
+    /// the store can lend it: most reads only decode the bytes, or only ask whether they exist.
+    pub(crate) fn get_with(
+        &self,
+        key: &[u8],
+        visit: &mut dyn FnMut(Option<&[u8]>),
+    ) -> Result<(), StoreError> {
         match self.writes.get(key) {
-            Some(written) => Ok(written.clone()),
-            None => self.base.get(key),
+            Some(written) => {
+                visit(written.as_deref());
+                Ok(())
+            }
+            None => self.base.get_with(key, visit),
         }
+    }
+
+    pub(crate) fn contains(&self, key: &[u8]) -> Result<bool, StoreError> {
+        let mut found = false;
+        self.get_with(key, &mut |value| found = value.is_some())?;
+        Ok(found)
     }
 
     pub(crate) fn scan(
@@ -117,8 +136,7 @@ pub(crate) fn scan_merged(
     if from >= to || limit == 0 {
         return Ok(Vec::new());
     }
-    let range = (Bound::Included(from), Bound::Excluded(to));
-    let written: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = writes.range::<[u8], _>(range).collect();
+    let written: Vec<(&[u8], &Option<Vec<u8>>)> = writes.range(from, to).collect();
     // Each delete can hide at most one committed entry, so this many committed entries are
     // always enough to produce `limit` results.
     let deletes = written.iter().filter(|(_, v)| v.is_none()).count();
@@ -134,17 +152,17 @@ pub(crate) fn scan_merged(
             (Some(_), None) => false,
             (None, Some(_)) => true,
             (Some((ck, _)), Some((wk, _))) => {
-                if ck.as_slice() == wk.as_slice() {
+                if ck.as_slice() == *wk {
                     c.next(); // shadowed by the write
                     true
                 } else {
-                    wk.as_slice() < ck.as_slice()
+                    *wk < ck.as_slice()
                 }
             }
         };
         if take_written {
             if let Some((k, Some(v))) = w.next() {
-                out.push((k.clone(), v.clone()));
+                out.push((k.to_vec(), v.clone()));
             }
         } else if let Some(entry) = c.next() {
             out.push(entry);
@@ -226,15 +244,19 @@ impl<M> Ctx<'_, M> {
             })
     }
 
-    /// Encodes `key` and checks that this partition owns it.
-    fn owned_key<K: Serialize + ?Sized>(
+    /// The laid-out key of `key` in `spec` (`[pstate id][partition][encoded key]`, built in one
+    /// buffer), after checking that this partition owns it.
+    fn owned_entry_key<K: Serialize + ?Sized>(
         &self,
         spec: &PStateSpec,
         key: &K,
-    ) -> Result<(u32, Vec<u8>), HandlerError> {
+    ) -> Result<Vec<u8>, HandlerError> {
         let id = self.pstate_id(spec)?;
-        let encoded = encode_key(key)?;
-        let key_partition = partition_for_key_bytes(&encoded, self.partitions);
+        let mut entry = Vec::with_capacity(ENTRY_KEY_BYTES_GUESS);
+        entry.extend_from_slice(&partition_prefix(id, self.partition));
+        encode_key_into(key, &mut entry)?;
+        let key_partition =
+            partition_for_key_bytes(&entry[PARTITION_PREFIX_BYTES..], self.partitions);
         if key_partition != self.partition {
             return Err(HandlerError::WrongPartition {
                 pstate: spec.name.clone(),
@@ -242,7 +264,7 @@ impl<M> Ctx<'_, M> {
                 partition: self.partition,
             });
         }
-        Ok((id, encoded))
+        Ok(entry)
     }
 
     /// The value under `key`, if any.
@@ -251,11 +273,12 @@ impl<M> Ctx<'_, M> {
         K: Serialize,
         V: DeserializeOwned,
     {
-        let (id, encoded) = self.owned_key(pstate.spec(), key)?;
-        match self.view.get(&entry_key(id, self.partition, &encoded))? {
-            Some(bytes) => Ok(Some(decode_envelope(&bytes)?)),
-            None => Ok(None),
-        }
+        let entry = self.owned_entry_key(pstate.spec(), key)?;
+        let mut decoded = None;
+        self.view.get_with(&entry, &mut |bytes| {
+            decoded = bytes.map(decode_envelope::<V>)
+        })?;
+        Ok(decoded.transpose()?)
     }
 
     /// Sets `key` to `value`.
@@ -269,11 +292,9 @@ impl<M> Ctx<'_, M> {
         K: Serialize,
         V: Serialize,
     {
-        let (id, encoded) = self.owned_key(pstate.spec(), key)?;
+        let entry = self.owned_entry_key(pstate.spec(), key)?;
         let bytes = encode_envelope(value, VALUE_BYTES_MAX)?;
-        self.view
-            .writes
-            .insert(entry_key(id, self.partition, &encoded), Some(bytes));
+        self.view.writes.insert(entry, Some(bytes));
         Ok(())
     }
 
@@ -282,10 +303,8 @@ impl<M> Ctx<'_, M> {
     where
         K: Serialize,
     {
-        let (id, encoded) = self.owned_key(pstate.spec(), key)?;
-        self.view
-            .writes
-            .insert(entry_key(id, self.partition, &encoded), None);
+        let entry = self.owned_entry_key(pstate.spec(), key)?;
+        self.view.writes.insert(entry, None);
         Ok(())
     }
 
@@ -339,7 +358,7 @@ impl<M> Ctx<'_, M> {
         E: Serialize,
     {
         let entry = self.set_entry(pstate, key, element)?;
-        let fresh = self.view.get(&entry)?.is_none();
+        let fresh = !self.view.contains(&entry)?;
         if fresh {
             self.view.writes.insert(entry, Some(Vec::new()));
         }
@@ -358,7 +377,7 @@ impl<M> Ctx<'_, M> {
         E: Serialize,
     {
         let entry = self.set_entry(pstate, key, element)?;
-        let present = self.view.get(&entry)?.is_some();
+        let present = self.view.contains(&entry)?;
         if present {
             self.view.writes.insert(entry, None);
         }
@@ -377,7 +396,7 @@ impl<M> Ctx<'_, M> {
         E: Serialize,
     {
         let entry = self.set_entry(pstate, key, element)?;
-        Ok(self.view.get(&entry)?.is_some())
+        Ok(self.view.contains(&entry)?)
     }
 
     /// Up to `limit` elements of the set under `key`, ascending, starting after `after`.
@@ -392,10 +411,10 @@ impl<M> Ctx<'_, M> {
         K: Serialize,
         E: Serialize + DeserializeOwned,
     {
-        let (id, encoded) = self.owned_key(pstate.spec(), key)?;
-        let (start, end) = set_range(id, self.partition, &encoded, after)?;
+        let entry = self.owned_entry_key(pstate.spec(), key)?;
+        let (start, end) = set_entry_range(&entry, after)?;
         let entries = self.view.scan(&start, &end, limit)?;
-        decode_set_elements(&entries, PARTITION_PREFIX_BYTES + encoded.len())
+        decode_set_elements(&entries, entry.len())
     }
 
     /// Whether the set under `key` is empty. Reads at most one entry.
@@ -417,9 +436,9 @@ impl<M> Ctx<'_, M> {
         key: &K,
         element: &E,
     ) -> Result<Vec<u8>, HandlerError> {
-        let (id, mut encoded) = self.owned_key(pstate.spec(), key)?;
-        crate::keycodec::encode_key_into(element, &mut encoded)?;
-        Ok(entry_key(id, self.partition, &encoded))
+        let mut entry = self.owned_entry_key(pstate.spec(), key)?;
+        encode_key_into(element, &mut entry)?;
+        Ok(entry)
     }
 
     /// Sends `message` to the partition that owns `key`; it is handled in the next round of
@@ -532,7 +551,15 @@ pub fn set_range<E: Serialize>(
     encoded_key: &[u8],
     after: Option<&E>,
 ) -> Result<(Vec<u8>, Vec<u8>), KeyCodecError> {
-    let (set_start, set_end) = prefix_range(&entry_key(pstate_id, partition, encoded_key));
+    set_entry_range(&entry_key(pstate_id, partition, encoded_key), after)
+}
+
+/// `[start, end)` of the elements after `after` of the set whose laid-out key is `set_key`.
+fn set_entry_range<E: Serialize>(
+    set_key: &[u8],
+    after: Option<&E>,
+) -> Result<(Vec<u8>, Vec<u8>), KeyCodecError> {
+    let (set_start, set_end) = prefix_range(set_key);
     let start = match after {
         None => set_start,
         Some(element) => {

@@ -200,8 +200,10 @@ impl<M: Send + 'static> TypedTopology<M> {
         ids: &ResolvedIds,
         base: &dyn StateRead,
     ) -> Result<(), BatchError> {
-        let records = std::mem::take(&mut work.records);
-        let inbox = std::mem::take(&mut work.inbox);
+        // Taken out while the context borrows the rest, and put back emptied afterwards, so a
+        // partition's buffers are allocated once per batch rather than once per record.
+        let mut records = std::mem::take(&mut work.records);
+        let mut inbox = std::mem::take(&mut work.inbox);
         let mut ctx = Ctx {
             topology: &self.name,
             partition,
@@ -217,7 +219,7 @@ impl<M: Send + 'static> TypedTopology<M> {
             outbox: &mut work.outbox,
             has_message_handler: self.on_message.is_some(),
         };
-        for input in records {
+        for input in records.drain(..) {
             let (Some(consumer), Some(depot_id)) = (
                 self.consumers.get(input.consumer),
                 ids.depot_ids.get(input.consumer),
@@ -248,7 +250,7 @@ impl<M: Send + 'static> TypedTopology<M> {
                 record: None,
                 source: HandlerError::NoMessageHandler,
             })?;
-            for message in inbox {
+            for message in inbox.drain(..) {
                 handler(&mut ctx, message).map_err(|source| BatchError::Handler {
                     partition,
                     round,
@@ -257,6 +259,8 @@ impl<M: Send + 'static> TypedTopology<M> {
                 })?;
             }
         }
+        work.records = records;
+        work.inbox = inbox;
         Ok(())
     }
 
@@ -292,26 +296,32 @@ impl<M: Send + 'static> TypedTopology<M> {
         let slot = &mut work[partition];
         slot.records.push(record);
         self.run_partition(partition as u32, 0, slot, batch_id, ids, base)?;
-        let mut senders: Vec<usize> = Vec::new();
-        if !work[partition].outbox.is_empty() {
-            senders.push(partition);
+        if work[partition].outbox.is_empty() {
+            // The usual first hop of most commands: no messages, nothing more to set up.
+            return Ok((1, 0));
         }
+        let mut senders: Vec<usize> = vec![partition];
+        let mut receivers: Vec<usize> = Vec::new();
         let mut round = 0u32;
         let mut messages = 0u64;
         while !senders.is_empty() {
             let sent: usize = senders.iter().map(|&s| work[s].outbox.len()).sum();
             round = self.next_round(round, sent)?;
             // Senders are ascending, so each inbox fills in (sending partition, send order).
-            let mut receivers = std::collections::BTreeSet::new();
+            receivers.clear();
             for &sender in &senders {
-                for (destination, message) in std::mem::take(&mut work[sender].outbox) {
+                let mut outbox = std::mem::take(&mut work[sender].outbox);
+                for (destination, message) in outbox.drain(..) {
                     work[destination as usize].inbox.push(message);
-                    receivers.insert(destination as usize);
+                    receivers.push(destination as usize);
                 }
+                work[sender].outbox = outbox;
             }
+            receivers.sort_unstable();
+            receivers.dedup();
             messages += sent as u64;
             senders.clear();
-            for receiver in receivers {
+            for &receiver in &receivers {
                 self.run_partition(
                     receiver as u32,
                     round,

@@ -12,7 +12,9 @@
 //!
 //! Keys handed to these traits are already laid out by [`crate::layout`]; values are opaque.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeSet, HashMap};
+use std::ops::Bound;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -52,11 +54,22 @@ pub trait StateRead: Send + Sync {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Entries with `from <= key < to`, ascending, at most `limit` of them.
     fn scan(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError>;
+    /// Hands the value under `key` (or `None`) to `visit`. Stores that can lend their bytes
+    /// override this to skip the copy [`get`](StateRead::get) makes; the default copies.
+    fn get_with(&self, key: &[u8], visit: &mut dyn FnMut(Option<&[u8]>)) -> Result<(), StoreError> {
+        let value = self.get(key)?;
+        visit(value.as_deref());
+        Ok(())
+    }
 }
 
 impl<T: StateRead + ?Sized> StateRead for &T {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         (**self).get(key)
+    }
+
+    fn get_with(&self, key: &[u8], visit: &mut dyn FnMut(Option<&[u8]>)) -> Result<(), StoreError> {
+        (**self).get_with(key, visit)
     }
 
     fn scan(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
@@ -179,8 +192,149 @@ pub struct CommitRecord {
     pub offsets: Vec<ConsumedOffset>,
 }
 
-/// The final state of every key a batch wrote, per partition: `None` is a delete.
-pub type WriteSet = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+/// The final state of every key a batch wrote on one partition: `None` is a delete.
+///
+/// A batch looks a key up in its own write set, and in the previous batch's while that one
+/// commits, before every read of the store, so point lookups go through a hash index; the
+/// keys are also kept in order, because scans merge the write set's range with the store's and
+/// the commit writes in key order. Iteration is always in key order: the hash index never
+/// decides an order (it is seeded per process).
+#[derive(Clone, Default)]
+pub struct WriteSet {
+    values: HashMap<Arc<[u8]>, Option<Vec<u8>>, ahash::RandomState>,
+    order: BTreeSet<Arc<[u8]>>,
+}
+
+impl WriteSet {
+    /// An empty write set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Keys written.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Whether nothing was written.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// What was written under `key`: `Some(None)` for a delete, `None` if nothing was.
+    pub fn get(&self, key: &[u8]) -> Option<&Option<Vec<u8>>> {
+        self.values.get(key)
+    }
+
+    /// Whether `key` was written (or deleted).
+    pub fn contains_key(&self, key: &[u8]) -> bool {
+        self.values.contains_key(key)
+    }
+
+    /// Records that `key` ends the batch as `value` (`None`: deleted), replacing an earlier write.
+    pub fn insert(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        if let Some(slot) = self.values.get_mut(key.as_slice()) {
+            *slot = value;
+            return;
+        }
+        let key: Arc<[u8]> = Arc::from(key);
+        self.order.insert(Arc::clone(&key));
+        self.values.insert(key, value);
+    }
+
+    /// Every write, in key order.
+    pub fn iter(&self) -> WriteSetIter<'_> {
+        WriteSetIter {
+            set: self,
+            keys: self.order.iter(),
+        }
+    }
+
+    /// The written keys, in order.
+    pub fn keys(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        self.order.iter().map(|key| &key[..])
+    }
+
+    /// The writes with `from <= key < to`, in key order.
+    pub fn range<'s>(
+        &'s self,
+        from: &[u8],
+        to: &[u8],
+    ) -> impl Iterator<Item = (&'s [u8], &'s Option<Vec<u8>>)> + 's {
+        let keys = if from < to {
+            Some(
+                self.order
+                    .range::<[u8], _>((Bound::Included(from), Bound::Excluded(to))),
+            )
+        } else {
+            None
+        };
+        keys.into_iter().flatten().map(move |key| self.entry(key))
+    }
+
+    fn entry<'s>(&'s self, key: &'s Arc<[u8]>) -> (&'s [u8], &'s Option<Vec<u8>>) {
+        // `order` and `values` hold the same keys: `insert` is the only way in.
+        (&key[..], self.values.get(&key[..]).unwrap_or(&None))
+    }
+}
+
+/// The writes of a [`WriteSet`], in key order.
+#[derive(Debug)]
+pub struct WriteSetIter<'a> {
+    set: &'a WriteSet,
+    keys: std::collections::btree_set::Iter<'a, Arc<[u8]>>,
+}
+
+impl<'a> Iterator for WriteSetIter<'a> {
+    type Item = (&'a [u8], &'a Option<Vec<u8>>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.keys.next().map(|key| self.set.entry(key))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.keys.size_hint()
+    }
+}
+
+impl<'a> IntoIterator for &'a WriteSet {
+    type Item = (&'a [u8], &'a Option<Vec<u8>>);
+    type IntoIter = WriteSetIter<'a>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl PartialEq for WriteSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for WriteSet {}
+
+impl std::fmt::Debug for WriteSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl<const N: usize> From<[(Vec<u8>, Option<Vec<u8>>); N]> for WriteSet {
+    fn from(writes: [(Vec<u8>, Option<Vec<u8>>); N]) -> Self {
+        writes.into_iter().collect()
+    }
+}
+
+impl FromIterator<(Vec<u8>, Option<Vec<u8>>)> for WriteSet {
+    fn from_iter<I: IntoIterator<Item = (Vec<u8>, Option<Vec<u8>>)>>(iter: I) -> Self {
+        let mut writes = Self::new();
+        for (key, value) in iter {
+            writes.insert(key, value);
+        }
+        writes
+    }
+}
 
 /// Everything one batch commits.
 #[derive(Debug, Clone, Copy)]
@@ -236,6 +390,24 @@ impl<'a> Overlaid<'a> {
         }
     }
 
+    /// The pending sets that can hold keys in `[from, to)`. When every set holds only its own
+    /// partition's keys and both bounds name the same PState, a key between them names a
+    /// partition between theirs, so only those sets are searched: a scan of one partition
+    /// looks at one set, not at all of them.
+    fn pending_for_range(&self, from: &[u8], to: &[u8]) -> &[WriteSet] {
+        if !self.keys_in_own_partition || from.get(..4) != to.get(..4) {
+            return self.pending;
+        }
+        let (Some(first), Some(last)) = (key_partition(from), key_partition(to)) else {
+            return self.pending;
+        };
+        let (first, last) = (first as usize, last as usize);
+        if first > last || first >= self.pending.len() {
+            return &[];
+        }
+        &self.pending[first..=last.min(self.pending.len() - 1)]
+    }
+
     fn pending_get(&self, key: &[u8]) -> Option<&Option<Vec<u8>>> {
         if self.keys_in_own_partition {
             let partition = key_partition(key)? as usize;
@@ -272,18 +444,24 @@ impl StateRead for Overlaid<'_> {
         }
     }
 
+    fn get_with(&self, key: &[u8], visit: &mut dyn FnMut(Option<&[u8]>)) -> Result<(), StoreError> {
+        match self.pending_get(key) {
+            Some(written) => {
+                visit(written.as_deref());
+                Ok(())
+            }
+            None => self.base.get_with(key, visit),
+        }
+    }
+
     fn scan(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
         if from >= to {
             return Ok(Vec::new());
         }
-        let range = (
-            std::ops::Bound::Included(from),
-            std::ops::Bound::Excluded(to),
-        );
         let mut touched = self
-            .pending
+            .pending_for_range(from, to)
             .iter()
-            .filter(|writes| writes.range::<[u8], _>(range).next().is_some());
+            .filter(|writes| writes.range(from, to).next().is_some());
         match (touched.next(), touched.next()) {
             (None, _) => self.base.scan(from, to, limit),
             // The usual case, a scan within one partition: that partition's set as it is.
@@ -291,9 +469,9 @@ impl StateRead for Overlaid<'_> {
             (Some(_), Some(_)) => {
                 // Write sets are disjoint, so their entries in the range merge into one set.
                 let mut in_range = WriteSet::new();
-                for writes in self.pending {
-                    for (key, value) in writes.range::<[u8], _>(range) {
-                        in_range.insert(key.clone(), value.clone());
+                for writes in self.pending_for_range(from, to) {
+                    for (key, value) in writes.range(from, to) {
+                        in_range.insert(key.to_vec(), value.clone());
                     }
                 }
                 crate::ctx::scan_merged(self.base, &in_range, from, to, limit)
@@ -304,6 +482,8 @@ impl StateRead for Overlaid<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::layout::entry_key;
     use proptest::prelude::*;
@@ -342,6 +522,48 @@ mod tests {
     }
 
     proptest! {
+        /// A write set answers like an ordered map of its last writes: lookups, order, ranges.
+        #[test]
+        fn write_set_behaves_like_an_ordered_map(
+            writes in prop::collection::vec(
+                (prop::collection::vec(0u8..4, 0..4), prop::option::of(any::<u8>())),
+                0..60,
+            ),
+            probes in prop::collection::vec(
+                (prop::collection::vec(0u8..4, 0..4), prop::collection::vec(0u8..4, 0..4)),
+                1..10,
+            ),
+        ) {
+            let mut set = WriteSet::new();
+            let mut model: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+            for (key, value) in writes {
+                let value = value.map(|v| vec![v]);
+                set.insert(key.clone(), value.clone());
+                model.insert(key, value);
+            }
+            prop_assert_eq!(set.len(), model.len());
+            prop_assert!(set
+                .iter()
+                .eq(model.iter().map(|(k, v)| (k.as_slice(), v))));
+            prop_assert_eq!(set.clone(), model.clone().into_iter().collect::<WriteSet>());
+            for (a, b) in probes {
+                prop_assert_eq!(set.get(&a), model.get(&a));
+                prop_assert_eq!(set.contains_key(&a), model.contains_key(&a));
+                let expected: Vec<(&[u8], &Option<Vec<u8>>)> = if a < b {
+                    model
+                        .range::<[u8], _>((
+                            std::ops::Bound::Included(a.as_slice()),
+                            std::ops::Bound::Excluded(b.as_slice()),
+                        ))
+                        .map(|(k, v)| (k.as_slice(), v))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                prop_assert_eq!(set.range(&a, &b).collect::<Vec<_>>(), expected);
+            }
+        }
+
         /// Reads through the overlay equal reads of the state with the pending writes applied.
         #[test]
         fn overlaid_reads_equal_the_state_after_the_pending_writes(
@@ -377,6 +599,11 @@ mod tests {
             for ((s1, p1, k1), (s2, p2, k2), limit) in probes {
                 let (a, b) = (key(s1, p1, k1), key(s2, p2, k2));
                 prop_assert_eq!(overlaid.get(&a).expect("get"), expected.get(&a).expect("get"));
+                let mut lent = None;
+                overlaid
+                    .get_with(&a, &mut |value| lent = Some(value.map(<[u8]>::to_vec)))
+                    .expect("get_with");
+                prop_assert_eq!(lent, Some(expected.get(&a).expect("get")));
                 prop_assert_eq!(
                     overlaid.scan(&a, &b, limit).expect("scan"),
                     expected.scan(&a, &b, limit).expect("scan")

@@ -75,7 +75,7 @@ impl StateCache {
         for (key, value) in writes.iter().flatten() {
             let _ = self
                 .entries
-                .replace(key.clone(), value.as_deref().map(Arc::from), true);
+                .replace(key.to_vec(), value.as_deref().map(Arc::from), true);
         }
     }
 }
@@ -131,7 +131,7 @@ mod tests {
         let mut entries = store.entries.lock().expect("lock");
         for (key, value) in &writes {
             match value {
-                Some(value) => entries.insert(key.clone(), value.clone()),
+                Some(value) => entries.insert(key.to_vec(), value.clone()),
                 None => entries.remove(key),
             };
         }

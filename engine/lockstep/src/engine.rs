@@ -1442,7 +1442,8 @@ fn drive_batches(
             })
         });
         match prepared {
-            Ok(Some(prepared)) => {
+            Ok(Some(mut prepared)) => {
+                prepared.retired_writes = in_flight.as_ref().map(|flight| flight.writes.clone());
                 if !settle(&mut in_flight) {
                     return;
                 }
@@ -1566,6 +1567,10 @@ struct PreparedBatch {
     /// Executed while the batch before it was committing.
     pipelined: bool,
     started: Instant,
+    /// The previous batch's writes, which the driver no longer reads. They are freed on the
+    /// committer's thread: freeing a batch's worth of keys and values takes a while, and the
+    /// driver's thread is the one the next batch waits for.
+    retired_writes: Option<Arc<Vec<lockstep_core::store::WriteSet>>>,
 }
 
 /// Plans and executes the batch after the one `progress` describes, reading committed state
@@ -1641,6 +1646,7 @@ fn prepare_batch(
         messages: output.messages,
         pipelined: pending.is_some(),
         started,
+        retired_writes: None,
     }))
 }
 
@@ -1672,6 +1678,8 @@ fn commit_batch(
         messages,
         pipelined,
         started,
+        // Held to the end, so the freeing comes after this batch is published.
+        retired_writes: _retired_writes,
     } = prepared;
     let name = state.topology.name();
     let writes: u64 = output_writes.iter().map(|w| w.len() as u64).sum();

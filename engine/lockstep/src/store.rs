@@ -139,6 +139,7 @@ impl RocksStore {
         Ok(LiveState {
             db: &self.db,
             cf: self.cf(CF_STATE)?,
+            read_options: ReadOptions::default(),
         })
     }
 
@@ -388,11 +389,24 @@ impl CommitStore for RocksStore {
 pub(crate) struct LiveState<'a> {
     db: &'a DB,
     cf: &'a ColumnFamily,
+    /// Made once: the default options a bare `get` would otherwise allocate and free per read.
+    read_options: ReadOptions,
 }
 
 impl StateRead for LiveState<'_> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.db.get_cf(self.cf, key).map_err(io("state read"))
+        self.db
+            .get_cf_opt(self.cf, key, &self.read_options)
+            .map_err(io("state read"))
+    }
+
+    fn get_with(&self, key: &[u8], visit: &mut dyn FnMut(Option<&[u8]>)) -> Result<(), StoreError> {
+        let value = self
+            .db
+            .get_pinned_cf_opt(self.cf, key, &self.read_options)
+            .map_err(io("state read"))?;
+        visit(value.as_deref());
+        Ok(())
     }
 
     fn scan(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
