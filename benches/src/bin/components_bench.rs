@@ -53,6 +53,10 @@ struct Args {
     /// Seconds of the latency run at half of each system's peak.
     #[arg(long, default_value_t = 3.0)]
     latency_seconds: f64,
+    /// Offer this many commands/s in every latency run instead of half of each system's peak
+    /// (to compare builds at one load).
+    #[arg(long)]
+    latency_rate: Option<f64>,
     /// Workload seed.
     #[arg(long, default_value_t = 7)]
     seed: u64,
@@ -132,6 +136,7 @@ struct EmbeddedRun {
     rss_mib: f64,
     disk_mib: f64,
     stats: lockstep::TopologyStats,
+    appends: lockstep::AppendStats,
 }
 
 fn lockstep_embedded(args: &Args, work: &Workloads) -> anyhow::Result<EmbeddedRun> {
@@ -160,6 +165,7 @@ fn lockstep_embedded(args: &Args, work: &Workloads) -> anyhow::Result<EmbeddedRu
         rss_mib,
         disk_mib: disk_bytes(dir.path()) as f64 / (1 << 20) as f64,
         stats: engine.stats(TOPOLOGY)?,
+        appends: engine.append_stats(),
     };
     Ok(result)
 }
@@ -300,35 +306,78 @@ fn lockstep_network_latency(args: &Args, work: &Workloads, rate: f64) -> anyhow:
     Ok(latencies)
 }
 
-/// The ceiling: raw synced `WriteBatch`es of the same number and total bytes as Lockstep's
-/// commits in the embedded run.
-fn ceiling(stats: &lockstep::TopologyStats) -> anyhow::Result<f64> {
-    let dir = tempfile::tempdir()?;
-    let db = DB::open_default(dir.path())?;
+/// Synced `WriteBatch`es of `entries` entries of `entry_bytes` bytes each (a 16-byte key and
+/// the rest value), with keys from `next_key`, sorted within a batch as Lockstep writes them.
+struct RawWrites<'a> {
+    db: &'a DB,
+    sync: WriteOptions,
+    entries: u64,
+    value: Vec<u8>,
+}
+
+impl RawWrites<'_> {
+    fn write(&self, next_key: &mut impl FnMut() -> [u8; 16]) -> anyhow::Result<()> {
+        let mut keys: Vec<[u8; 16]> = (0..self.entries).map(|_| next_key()).collect();
+        keys.sort_unstable();
+        let mut batch = WriteBatch::default();
+        for key in &keys {
+            batch.put(key, &self.value);
+        }
+        self.db.write_opt(batch, &self.sync)?;
+        Ok(())
+    }
+}
+
+fn raw_writes(db: &DB, writes: u64, bytes: u64, syncs: u64) -> RawWrites<'_> {
     let mut sync = WriteOptions::default();
     sync.set_sync(true);
-    let batches = stats.batches.max(1);
-    let entries_per_batch = (stats.writes / batches).max(1);
-    let entry_bytes = (stats.write_bytes / stats.writes.max(1)) as usize;
-    let value = vec![1u8; entry_bytes.saturating_sub(16)];
+    let entry_bytes = (bytes / writes.max(1)) as usize;
+    RawWrites {
+        db,
+        sync,
+        entries: (writes / syncs.max(1)).max(1),
+        value: vec![1u8; entry_bytes.saturating_sub(16)],
+    }
+}
+
+/// Seconds raw RocksDB takes for the same synced writes as the embedded run: as many batch
+/// commits as Lockstep made, with the same entries and bytes (state keys land at random), and,
+/// unless `commits_only`, as many depot appends with the same records and bytes (depot keys
+/// ascend, as offsets do), interleaved in proportion as they were. Nothing else: no execution,
+/// no reads, no clients.
+fn ceiling(
+    stats: &lockstep::TopologyStats,
+    appends: &lockstep::AppendStats,
+    commits_only: bool,
+) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let db = DB::open_default(dir.path())?;
+    let commits = stats.batches.max(1);
+    let commit = raw_writes(&db, stats.writes, stats.write_bytes, commits);
+    let groups = if commits_only { 0 } else { appends.groups };
+    let append = raw_writes(&db, appends.records, appends.write_bytes, groups);
+    let (mut state_n, mut depot_offset) = (0u64, 0u64);
+    let mut state_key = || {
+        let mut key = [0u8; 16];
+        key[..8].copy_from_slice(&state_n.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes());
+        state_n += 1;
+        key
+    };
+    let mut depot_key = || {
+        let mut key = [0u8; 16];
+        key[8..].copy_from_slice(&depot_offset.to_be_bytes());
+        depot_offset += 1;
+        key
+    };
     let started = Instant::now();
-    let mut n = 0u64;
-    for _ in 0..batches {
-        let mut keys: Vec<[u8; 16]> = (0..entries_per_batch)
-            .map(|i| {
-                let mut key = [0u8; 16];
-                key[..8]
-                    .copy_from_slice(&(n + i).wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes());
-                key
-            })
-            .collect();
-        n += entries_per_batch;
-        keys.sort_unstable();
-        let mut wb = WriteBatch::default();
-        for key in &keys {
-            wb.put(key, &value);
+    let mut appended = 0u64;
+    for c in 1..=commits {
+        // The appends that came before this commit, in proportion.
+        while appended < groups * c / commits {
+            append.write(&mut depot_key)?;
+            appended += 1;
         }
-        db.write_opt(wb, &sync)?;
+        commit.write(&mut state_key)?;
     }
     Ok(started.elapsed().as_secs_f64())
 }
@@ -713,6 +762,11 @@ fn system_charts(
     Ok(vec![throughput, latency])
 }
 
+/// The load a latency run offers: `--latency-rate`, or half of the system's measured peak.
+fn latency_rate(args: &Args, peak_commands_per_s: f64) -> f64 {
+    args.latency_rate.unwrap_or(peak_commands_per_s / 2.0)
+}
+
 // ---- main ----
 
 fn main() -> anyhow::Result<()> {
@@ -737,9 +791,10 @@ fn main() -> anyhow::Result<()> {
     );
     let mut rows: Vec<(&str, Measured)> = Vec::new();
 
-    // Lockstep embedded, and the ceiling replaying its commits.
+    // Lockstep embedded, and the ceilings replaying its synced writes.
     let mut rates = Vec::new();
     let mut ceiling_rates = Vec::new();
+    let mut commit_ceiling_rates = Vec::new();
     let mut embedded = Measured {
         digest_ok: true,
         ..Measured::default()
@@ -748,12 +803,14 @@ fn main() -> anyhow::Result<()> {
         let run = lockstep_embedded(&args, &work)?;
         embedded.digest_ok &= run.digest == work.digest;
         rates.push(total / run.seconds);
-        ceiling_rates.push(total / ceiling(&run.stats)?);
+        ceiling_rates.push(total / ceiling(&run.stats, &run.appends, false)?);
+        commit_ceiling_rates.push(total / ceiling(&run.stats, &run.appends, true)?);
         embedded.rss_peak_mib = embedded.rss_peak_mib.max(run.rss_mib);
         embedded.disk_mib = run.disk_mib;
     }
     embedded.commands_per_s = median(rates);
-    let latencies = lockstep_embedded_latency(&args, &work, embedded.commands_per_s / 2.0)?;
+    let latencies =
+        lockstep_embedded_latency(&args, &work, latency_rate(&args, embedded.commands_per_s))?;
     embedded.p50_ms = percentile_ms(&latencies, 0.5);
     embedded.p99_ms = percentile_ms(&latencies, 0.99);
     rows.push(("lockstep embedded", embedded.clone()));
@@ -769,7 +826,8 @@ fn main() -> anyhow::Result<()> {
         rates.push(total / seconds);
     }
     network.commands_per_s = median(rates);
-    let latencies = lockstep_network_latency(&args, &work, network.commands_per_s / 2.0)?;
+    let latencies =
+        lockstep_network_latency(&args, &work, latency_rate(&args, network.commands_per_s))?;
     network.p50_ms = percentile_ms(&latencies, 0.5);
     network.p99_ms = percentile_ms(&latencies, 0.99);
     network.rss_peak_mib = f64::NAN;
@@ -797,7 +855,12 @@ fn main() -> anyhow::Result<()> {
             measured.commands_per_s = median(rates);
             measured.disk_mib = disk_bytes(&pg.dir.path().join("pgdata")) as f64 / (1 << 20) as f64;
             if per_tx == 1 {
-                let latencies = postgres_latency(&pg, &args, &work, measured.commands_per_s / 2.0)?;
+                let latencies = postgres_latency(
+                    &pg,
+                    &args,
+                    &work,
+                    latency_rate(&args, measured.commands_per_s),
+                )?;
                 measured.p50_ms = percentile_ms(&latencies, 0.5);
                 measured.p99_ms = percentile_ms(&latencies, 0.99);
                 pg_single_rate = Some(measured.commands_per_s);
@@ -862,6 +925,12 @@ fn main() -> anyhow::Result<()> {
     println!(
         "lockstep embedded / raw rocksdb ceiling: {:.0}%",
         100.0 * embedded.commands_per_s / ceiling_rate
+    );
+    let commit_ceiling_rate = median(commit_ceiling_rates);
+    println!(
+        "lockstep embedded / raw rocksdb ceiling of the commits alone ({:.0} commands/s): {:.0}%",
+        commit_ceiling_rate,
+        100.0 * embedded.commands_per_s / commit_ceiling_rate
     );
     for chart in system_charts(&args.charts, &rows, total)? {
         println!("chart: {}", chart.display());

@@ -24,7 +24,7 @@ use crate::catalog::{self, outcome_table_name};
 use crate::error::Error;
 use crate::faults::{faulted_write, DurableWrite, StorageFaults};
 use crate::snapshot::Snapshot;
-use crate::store::RocksStore;
+use crate::store::{depot_entry_bytes, RocksStore};
 
 /// Who starts batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -280,6 +280,20 @@ pub(crate) struct TopologyState {
     stats: Mutex<TopologyStats>,
 }
 
+/// Totals over the depot appends the engine made durable since it opened.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AppendStats {
+    /// Synced writes (group commits): each makes one or more append calls durable.
+    pub groups: u64,
+    /// Records appended.
+    pub records: u64,
+    /// Key and value bytes written for them (key, sequence number and envelope per record).
+    pub write_bytes: u64,
+    /// Time spent in synced append writes.
+    pub write_time_us: u64,
+}
+
 /// Totals over the batches a topology committed since the engine opened.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -335,6 +349,7 @@ pub(crate) struct Shared {
     /// published. Stored after the heads (release), so a planner that loads it first (acquire)
     /// sees every head up to it.
     durable_seq: AtomicU64,
+    append_stats: Mutex<AppendStats>,
 }
 
 impl Shared {
@@ -625,6 +640,7 @@ impl Engine {
         let state_cache = StateCache::new(builder.options.state_cache_bytes_max);
         let shared = Arc::new(Shared {
             durable_seq: AtomicU64::new(next_seq),
+            append_stats: Mutex::new(AppendStats::default()),
             store,
             options: builder.options,
             poison: Poison::default(),
@@ -959,6 +975,11 @@ impl Engine {
         Ok(lock(&self.shared.topology(topology)?.stats).clone())
     }
 
+    /// Totals over the depot appends made durable since the engine opened.
+    pub fn append_stats(&self) -> AppendStats {
+        lock(&self.shared.append_stats).clone()
+    }
+
     /// Watches `topology`'s committed batch id (for async callers).
     pub fn subscribe(&self, topology: &str) -> Result<tokio::sync::watch::Receiver<u64>, Error> {
         Ok(self.shared.topology(topology)?.commits.subscribe())
@@ -1254,6 +1275,7 @@ fn run_appender(
                     })
             })
             .collect();
+        let write_started = Instant::now();
         let written = if entries.is_empty() && marks.is_empty() {
             Ok(())
         } else {
@@ -1262,6 +1284,13 @@ fn run_appender(
                 Err(poisoned) => Err(poisoned),
             }
         };
+        if written.is_ok() && !(entries.is_empty() && marks.is_empty()) {
+            let mut stats = lock(&shared.append_stats);
+            stats.groups += 1;
+            stats.records += entries.len() as u64;
+            stats.write_bytes += entries.iter().map(depot_entry_bytes).sum::<u64>();
+            stats.write_time_us += write_started.elapsed().as_micros() as u64;
+        }
         drop(entries);
         match written {
             Ok(()) => {

@@ -31,6 +31,12 @@ pub(crate) fn depot_key(depot_id: u32, partition: u32, offset: u64) -> [u8; DEPO
     key
 }
 
+/// Key and value bytes a depot record takes in its synced write: the key, the sequence number,
+/// the envelope.
+pub(crate) fn depot_entry_bytes(entry: &DepotEntry<'_>) -> u64 {
+    (DEPOT_KEY_BYTES + 8 + entry.bytes.len()) as u64
+}
+
 const PRODUCER_PREFIX: &[u8] = b"producer/";
 
 fn producer_key(producer: u64) -> Vec<u8> {
