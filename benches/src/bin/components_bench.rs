@@ -343,8 +343,9 @@ fn raw_writes(db: &DB, writes: u64, bytes: u64, syncs: u64) -> RawWrites<'_> {
 /// Seconds raw RocksDB takes for the same synced writes as the embedded run: as many batch
 /// commits as Lockstep made, with the same entries and bytes (state keys land at random), and,
 /// unless `commits_only`, as many depot appends with the same records and bytes (depot keys
-/// ascend, as offsets do), interleaved in proportion as they were. Nothing else: no execution,
-/// no reads, no clients.
+/// ascend, as offsets do) from a second thread at the same time, as Lockstep's appender and
+/// committer do (RocksDB may then share a sync between them). Nothing else: no execution, no
+/// reads, no clients.
 fn ceiling(
     stats: &lockstep::TopologyStats,
     appends: &lockstep::AppendStats,
@@ -356,29 +357,35 @@ fn ceiling(
     let commit = raw_writes(&db, stats.writes, stats.write_bytes, commits);
     let groups = if commits_only { 0 } else { appends.groups };
     let append = raw_writes(&db, appends.records, appends.write_bytes, groups);
-    let (mut state_n, mut depot_offset) = (0u64, 0u64);
-    let mut state_key = || {
-        let mut key = [0u8; 16];
-        key[..8].copy_from_slice(&state_n.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes());
-        state_n += 1;
-        key
-    };
-    let mut depot_key = || {
-        let mut key = [0u8; 16];
-        key[8..].copy_from_slice(&depot_offset.to_be_bytes());
-        depot_offset += 1;
-        key
-    };
     let started = Instant::now();
-    let mut appended = 0u64;
-    for c in 1..=commits {
-        // The appends that came before this commit, in proportion.
-        while appended < groups * c / commits {
-            append.write(&mut depot_key)?;
-            appended += 1;
+    std::thread::scope(|scope| {
+        let appender = scope.spawn(|| -> anyhow::Result<()> {
+            let mut offset = 0u64;
+            let mut depot_key = || {
+                let mut key = [0u8; 16];
+                key[8..].copy_from_slice(&offset.to_be_bytes());
+                offset += 1;
+                key
+            };
+            for _ in 0..groups {
+                append.write(&mut depot_key)?;
+            }
+            Ok(())
+        });
+        let mut n = 0u64;
+        let mut state_key = || {
+            let mut key = [0u8; 16];
+            key[..8].copy_from_slice(&n.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes());
+            n += 1;
+            key
+        };
+        for _ in 0..commits {
+            commit.write(&mut state_key)?;
         }
-        commit.write(&mut state_key)?;
-    }
+        appender
+            .join()
+            .map_err(|_| anyhow::anyhow!("ceiling appender panicked"))?
+    })?;
     Ok(started.elapsed().as_secs_f64())
 }
 

@@ -1379,8 +1379,11 @@ fn run_driver(shared: &Shared, topology: &TopologyState) {
         let committer = std::thread::Builder::new()
             .name(format!("lockstep-{}-commit", topology.topology.name()))
             .spawn_scoped(scope, move || {
-                for prepared in batches_rx {
+                for mut prepared in batches_rx {
                     let batch_id = prepared.batch_id;
+                    // Freed after the driver has heard this batch's result (below), so that
+                    // neither the driver nor this batch's publication waits for the freeing.
+                    let retired_writes = prepared.retired_writes.take();
                     let committed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         commit_batch(shared, topology, prepared)
                     }))
@@ -1394,7 +1397,9 @@ fn run_driver(shared: &Shared, topology: &TopologyState) {
                         shared.poison_and_wake(reason.clone());
                         Err(Error::Poisoned { reason })
                     });
-                    if done_tx.send(committed).is_err() {
+                    let sent = done_tx.send(committed);
+                    drop(retired_writes);
+                    if sent.is_err() {
                         return;
                     }
                 }
@@ -1596,9 +1601,10 @@ struct PreparedBatch {
     /// Executed while the batch before it was committing.
     pipelined: bool,
     started: Instant,
-    /// The previous batch's writes, which the driver no longer reads. They are freed on the
-    /// committer's thread: freeing a batch's worth of keys and values takes a while, and the
-    /// driver's thread is the one the next batch waits for.
+    /// The previous batch's writes, which the driver no longer reads. The committer frees
+    /// them once it has reported this batch's result: freeing a batch's worth of keys and
+    /// values takes a while, and neither the driver (the busier thread) nor this batch's
+    /// publication should wait for it.
     retired_writes: Option<Arc<Vec<lockstep_core::store::WriteSet>>>,
 }
 
@@ -1707,8 +1713,8 @@ fn commit_batch(
         messages,
         pipelined,
         started,
-        // Held to the end, so the freeing comes after this batch is published.
-        retired_writes: _retired_writes,
+        // Taken out and freed by the committer loop; `None` here.
+        retired_writes: _,
     } = prepared;
     let name = state.topology.name();
     let writes: u64 = output_writes.iter().map(|w| w.len() as u64).sum();
