@@ -21,6 +21,18 @@ pub fn partition_prefix(pstate_id: u32, partition: u32) -> [u8; PARTITION_PREFIX
     prefix
 }
 
+/// The PState id a laid-out key names, if it is long enough to name one.
+pub(crate) fn key_pstate_id(key: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(key.get(..4)?.try_into().ok()?))
+}
+
+/// The partition a laid-out key names, if it is long enough to name one.
+pub(crate) fn key_partition(key: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(
+        key.get(4..PARTITION_PREFIX_BYTES)?.try_into().ok()?,
+    ))
+}
+
 /// The full key of an entry whose encoded key (and, for sets, element) is `encoded`.
 pub fn entry_key(pstate_id: u32, partition: u32, encoded: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(PARTITION_PREFIX_BYTES + encoded.len());

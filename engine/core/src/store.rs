@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::layout::{key_partition, key_pstate_id};
 use crate::topology::RecordId;
 
 /// A laid-out key and its stored value.
@@ -397,7 +398,7 @@ impl<'a> Overlaid<'a> {
     /// partition between theirs, so only those sets are searched: a scan of one partition
     /// looks at one set, not at all of them.
     fn pending_for_range(&self, from: &[u8], to: &[u8]) -> &[WriteSet] {
-        if !self.keys_in_own_partition || from.get(..4) != to.get(..4) {
+        if !self.keys_in_own_partition || key_pstate_id(from) != key_pstate_id(to) {
             return self.pending;
         }
         let (Some(first), Some(last)) = (key_partition(from), key_partition(to)) else {
@@ -432,12 +433,6 @@ impl std::fmt::Debug for Overlaid<'_> {
     }
 }
 
-/// The partition a laid-out key names, if it is long enough to name one.
-fn key_partition(key: &[u8]) -> Option<u32> {
-    let bytes = key.get(4..crate::layout::PARTITION_PREFIX_BYTES)?;
-    Some(u32::from_be_bytes(bytes.try_into().ok()?))
-}
-
 impl StateRead for Overlaid<'_> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         match self.pending_get(key) {
@@ -460,8 +455,8 @@ impl StateRead for Overlaid<'_> {
         if from >= to {
             return Ok(Vec::new());
         }
-        let mut touched = self
-            .pending_for_range(from, to)
+        let sets = self.pending_for_range(from, to);
+        let mut touched = sets
             .iter()
             .filter(|writes| writes.range(from, to).next().is_some());
         match (touched.next(), touched.next()) {
@@ -471,7 +466,7 @@ impl StateRead for Overlaid<'_> {
             (Some(_), Some(_)) => {
                 // Write sets are disjoint, so their entries in the range merge into one set.
                 let mut in_range = WriteSet::new();
-                for writes in self.pending_for_range(from, to) {
+                for writes in sets {
                     for (key, value) in writes.range(from, to) {
                         in_range.insert(key.to_vec(), value.clone());
                     }

@@ -1275,8 +1275,9 @@ fn run_appender(
                     })
             })
             .collect();
+        let nothing_to_write = entries.is_empty() && marks.is_empty();
         let write_started = Instant::now();
-        let written = if entries.is_empty() && marks.is_empty() {
+        let written = if nothing_to_write {
             Ok(())
         } else {
             match shared.poison.admit() {
@@ -1284,7 +1285,7 @@ fn run_appender(
                 Err(poisoned) => Err(poisoned),
             }
         };
-        if written.is_ok() && !(entries.is_empty() && marks.is_empty()) {
+        if written.is_ok() && !nothing_to_write {
             let mut stats = lock(&shared.append_stats);
             stats.groups += 1;
             stats.records += entries.len() as u64;
