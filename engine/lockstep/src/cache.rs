@@ -98,6 +98,18 @@ impl<S: StateRead> StateRead for CachedState<'_, S> {
         Ok(value)
     }
 
+    fn get_with(&self, key: &[u8], visit: &mut dyn FnMut(Option<&[u8]>)) -> Result<(), StoreError> {
+        if let Some(cached) = self.cache.entries.get(key) {
+            visit(cached.as_deref());
+            return Ok(());
+        }
+        // A miss is copied once, into the cache, and lent from there.
+        let value: Cached = self.base.get(key)?.map(Arc::from);
+        visit(value.as_deref());
+        self.cache.entries.insert(key.to_vec(), value);
+        Ok(())
+    }
+
     fn scan(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
         self.base.scan(from, to, limit)
     }
@@ -154,6 +166,12 @@ mod tests {
             1,
             "a miss is cached too"
         );
+        let mut lent = Some(Some(Vec::new()));
+        state
+            .get_with(b"a", &mut |value| lent = Some(value.map(<[u8]>::to_vec)))
+            .expect("get_with");
+        assert_eq!(lent, Some(None), "a cached miss is lent as a miss");
+        assert_eq!(*store.reads.lock().expect("lock"), 1);
 
         commit(
             &store,
@@ -173,6 +191,28 @@ mod tests {
         );
         assert_eq!(state.get(b"b").expect("get"), Some(b"2".to_vec()));
         assert_eq!(*store.reads.lock().expect("lock"), 2);
+
+        // A lent read fills the cache on a miss and lends from it afterwards.
+        commit(
+            &store,
+            &cache,
+            [(b"c".to_vec(), Some(b"3".to_vec()))].into(),
+        );
+        for _ in 0..2 {
+            let mut lent = None;
+            state
+                .get_with(b"c", &mut |value| lent = Some(value.map(<[u8]>::to_vec)))
+                .expect("get_with");
+            assert_eq!(lent, Some(Some(b"3".to_vec())));
+        }
+        assert_eq!(*store.reads.lock().expect("lock"), 3);
+        commit(&store, &cache, [(b"c".to_vec(), None)].into());
+        let mut lent = None;
+        state
+            .get_with(b"c", &mut |value| lent = Some(value.map(<[u8]>::to_vec)))
+            .expect("get_with");
+        assert_eq!(lent, Some(None), "the commit refreshed the lent entry");
+        assert_eq!(*store.reads.lock().expect("lock"), 3);
     }
 
     #[test]

@@ -31,10 +31,21 @@ pub(crate) fn depot_key(depot_id: u32, partition: u32, offset: u64) -> [u8; DEPO
     key
 }
 
-/// Key and value bytes a depot record takes in its synced write: the key, the sequence number,
-/// the envelope.
+/// Bytes of the sequence number that opens a depot value: `[seq: u64 BE][envelope]`.
+const DEPOT_SEQ_BYTES: usize = 8;
+
+/// Writes a depot record's value (`[seq: u64 BE][envelope]`) into `value`, replacing its
+/// contents.
+fn encode_depot_value(entry: &DepotEntry<'_>, value: &mut Vec<u8>) {
+    value.clear();
+    value.reserve(DEPOT_SEQ_BYTES + entry.bytes.len());
+    value.extend_from_slice(&entry.seq.to_be_bytes());
+    value.extend_from_slice(entry.bytes);
+}
+
+/// Key and value bytes a depot record takes in its synced write (as `append` lays them out).
 pub(crate) fn depot_entry_bytes(entry: &DepotEntry<'_>) -> u64 {
-    (DEPOT_KEY_BYTES + 8 + entry.bytes.len()) as u64
+    (DEPOT_KEY_BYTES + DEPOT_SEQ_BYTES + entry.bytes.len()) as u64
 }
 
 const PRODUCER_PREFIX: &[u8] = b"producer/";
@@ -198,9 +209,7 @@ impl DepotLog for RocksStore {
         }
         let mut value = Vec::new();
         for entry in entries {
-            value.clear();
-            value.extend_from_slice(&entry.seq.to_be_bytes());
-            value.extend_from_slice(entry.bytes);
+            encode_depot_value(entry, &mut value);
             batch.put_cf(
                 cf,
                 depot_key(entry.depot_id, entry.partition, entry.offset),
@@ -340,13 +349,13 @@ fn split_depot_value(
     partition: u32,
     offset: u64,
 ) -> Result<(u64, &[u8]), StoreError> {
-    let (seq, envelope) = value.split_at_checked(8).ok_or_else(|| {
+    let (seq, envelope) = value.split_at_checked(DEPOT_SEQ_BYTES).ok_or_else(|| {
         StoreError::Corruption(format!(
             "depot {depot_id} partition {partition} offset {offset}: value of {} bytes",
             value.len()
         ))
     })?;
-    let mut seq_bytes = [0u8; 8];
+    let mut seq_bytes = [0u8; DEPOT_SEQ_BYTES];
     seq_bytes.copy_from_slice(seq);
     Ok((u64::from_be_bytes(seq_bytes), envelope))
 }
@@ -479,5 +488,79 @@ impl StateRead for SnapshotState<'_> {
             IteratorMode::From(from, Direction::Forward),
         );
         collect_scan(iter, limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lockstep_core::store::WriteSet;
+
+    #[test]
+    fn a_depot_value_is_counted_as_append_writes_it_and_reads_back() {
+        let entry = DepotEntry {
+            depot_id: 3,
+            partition: 1,
+            offset: 9,
+            seq: 0x0102_0304_0506_0708,
+            bytes: b"envelope",
+        };
+        let mut value = b"left over from the previous record".to_vec();
+        encode_depot_value(&entry, &mut value);
+        let key = depot_key(entry.depot_id, entry.partition, entry.offset);
+        assert_eq!(depot_entry_bytes(&entry), (key.len() + value.len()) as u64);
+        let (seq, envelope) = split_depot_value(&value, 3, 1, 9).expect("a whole value");
+        assert_eq!((seq, envelope), (entry.seq, &b"envelope"[..]));
+        assert!(split_depot_value(&value[..7], 3, 1, 9).is_err());
+    }
+
+    /// The pinned read lends exactly what the copying read returns: present values (empty ones
+    /// too), deleted keys and keys never written.
+    #[test]
+    fn live_state_lends_what_it_would_copy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RocksStore::open(dir.path()).expect("open");
+        let writes: WriteSet = [
+            (b"kept".to_vec(), Some(b"value".to_vec())),
+            (b"empty".to_vec(), Some(Vec::new())),
+            (b"gone".to_vec(), Some(b"soon deleted".to_vec())),
+        ]
+        .into();
+        let first = CommitRecord {
+            batch_id: 1,
+            offsets: Vec::new(),
+        };
+        store
+            .commit(BatchCommit {
+                topology_id: 1,
+                record: &first,
+                writes: std::slice::from_ref(&writes),
+            })
+            .expect("commit");
+        let second = CommitRecord {
+            batch_id: 2,
+            offsets: Vec::new(),
+        };
+        store
+            .commit(BatchCommit {
+                topology_id: 1,
+                record: &second,
+                writes: &[[(b"gone".to_vec(), None)].into()],
+            })
+            .expect("commit");
+
+        let live = store.live().expect("live");
+        for (key, expected) in [
+            (&b"kept"[..], Some(&b"value"[..])),
+            (b"empty", Some(b"")),
+            (b"gone", None),
+            (b"never", None),
+        ] {
+            let mut lent = None;
+            live.get_with(key, &mut |value| lent = Some(value.map(<[u8]>::to_vec)))
+                .expect("get_with");
+            assert_eq!(lent, Some(expected.map(<[u8]>::to_vec)), "{key:?}");
+            assert_eq!(live.get(key).expect("get"), expected.map(<[u8]>::to_vec));
+        }
     }
 }
