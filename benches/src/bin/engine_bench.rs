@@ -2,6 +2,8 @@
 //! latency, each measured side by side with raw RocksDB `WriteBatch` + sync writing the same
 //! bytes (the ceiling on this machine). Prints medians of several runs and the ratios.
 
+// Links the benches' library, whose allocator (jemalloc) every bench binary runs on.
+use lockstep_benches as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,12 @@
 //! The first thing to run: an embedded engine with the counting topology, fed by concurrent
 //! appenders, checked against a direct computation, with a short report.
 
+// jemalloc rather than the system allocator: it halves the allocator's share of the batch
+// driver's time (BENCHMARKS.md, "Memory allocator"). Binaries choose; the library does not.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::PathBuf;

@@ -8,6 +8,12 @@
 mod json;
 mod remote;
 
+// jemalloc rather than the system allocator: it halves the allocator's share of the batch
+// driver's time (BENCHMARKS.md, "Memory allocator"). Binaries choose; the library does not.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
