@@ -103,8 +103,11 @@ impl<S: StateRead> StateRead for CachedState<'_, S> {
             visit(cached.as_deref());
             return Ok(());
         }
-        // A miss is copied once, into the cache, and lent from there.
-        let value: Cached = self.base.get(key)?.map(Arc::from);
+        // A miss is copied once, from the store's pinned bytes into the entry the cache keeps,
+        // so the handler reads the bytes the cache will hold.
+        let mut value: Cached = None;
+        self.base
+            .get_with(key, &mut |found| value = found.map(Arc::from))?;
         visit(value.as_deref());
         self.cache.entries.insert(key.to_vec(), value);
         Ok(())

@@ -509,6 +509,9 @@ mod tests {
         encode_depot_value(&entry, &mut value);
         let key = depot_key(entry.depot_id, entry.partition, entry.offset);
         assert_eq!(depot_entry_bytes(&entry), (key.len() + value.len()) as u64);
+        // The layout's bytes, fixed: the sequence number big-endian, then the envelope. A depot
+        // written by one build or machine must read back on another.
+        assert_eq!(value, [&[1, 2, 3, 4, 5, 6, 7, 8][..], b"envelope"].concat());
         let (seq, envelope) = split_depot_value(&value, 3, 1, 9).expect("a whole value");
         assert_eq!((seq, envelope), (entry.seq, &b"envelope"[..]));
         assert!(split_depot_value(&value[..7], 3, 1, 9).is_err());
@@ -537,6 +540,12 @@ mod tests {
                 writes: std::slice::from_ref(&writes),
             })
             .expect("commit");
+        // Into a table file, so that the reads below lend bytes pinned in a block, and the
+        // delete below is a tombstone in the memtable over a value in a table.
+        store
+            .db
+            .flush_cf(store.cf(CF_STATE).expect("state column family"))
+            .expect("flush");
         let second = CommitRecord {
             batch_id: 2,
             offsets: Vec::new(),
