@@ -35,7 +35,8 @@ pub enum BatchDriving {
     /// commit protocol, *Pipelining*).
     #[default]
     Automatic,
-    /// Batches run only when [`Engine::run_batch`] is called (tests, simulations, replays).
+    /// Batches run only when the caller runs them: [`Engine::run_batch`], or its two halves
+    /// [`Engine::execute_batch`] and [`Engine::commit_held_batch`] (tests, simulations, replays).
     Manual,
 }
 
@@ -86,7 +87,7 @@ impl Default for EngineOptions {
 }
 
 impl EngineOptions {
-    /// Options with batches run only by [`Engine::run_batch`].
+    /// Options with batches run only by the caller ([`Engine::run_batch`] and its halves).
     pub fn manual() -> Self {
         Self {
             batch_driving: BatchDriving::Manual,
@@ -276,6 +277,9 @@ pub(crate) struct TopologyState {
     commits: tokio::sync::watch::Sender<u64>,
     /// Serializes batches of this topology (manual calls from several threads).
     run_lock: Mutex<()>,
+    /// With manual driving, the batch [`Engine::execute_batch`] executed and has not
+    /// committed yet: what the automatic driver has in flight while it executes the next.
+    held: Mutex<Option<PreparedBatch>>,
     /// Totals over the batches committed since open.
     stats: Mutex<TopologyStats>,
 }
@@ -628,6 +632,7 @@ impl Engine {
                     progress_changed: Condvar::new(),
                     commits,
                     run_lock: Mutex::new(()),
+                    held: Mutex::new(None),
                     stats: Mutex::new(TopologyStats::default()),
                 }),
             );
@@ -892,14 +897,74 @@ impl Engine {
         }
     }
 
-    /// Runs one batch of `topology` now; `None` if it had no new input.
-    /// Only with [`BatchDriving::Manual`].
+    /// Runs one batch of `topology` now; `None` if it had no new input. A batch held by
+    /// [`execute_batch`](Self::execute_batch) commits first. Only with
+    /// [`BatchDriving::Manual`].
     pub fn run_batch(&self, topology: &str) -> Result<Option<BatchSummary>, Error> {
+        let state = self.manual_topology(topology)?;
+        run_one_batch(&self.shared, &state)
+    }
+
+    /// Executes the next batch of `topology` without committing it, and holds it: the first
+    /// half of what the automatic driver does while the batch before is still committing,
+    /// step by step, so that tests and the simulation can put faults and restarts between
+    /// the halves. The batch reads the held batch's writes (if one is held) over the
+    /// committed state; once it has executed, the held one commits, and the new one is held
+    /// in its place. If that commit fails, the engine is poisoned and the new batch is
+    /// dropped, as the driver drops it. Returns the new batch's id; `None` if there was no
+    /// new input (the held batch, if any, stays held). Only with [`BatchDriving::Manual`].
+    pub fn execute_batch(&self, topology: &str) -> Result<Option<u64>, Error> {
+        let state = self.manual_topology(topology)?;
+        let _serial = lock(&state.run_lock);
+        let mut held = lock(&state.held);
+        // Plan from where the held batch leaves off, as the driver plans from its batch in
+        // flight.
+        let mut progress = lock(&state.progress).clone();
+        if let Some(previous) = held.as_ref() {
+            progress.record.batch_id = previous.batch_id;
+            progress.consumed = previous.consumed.clone();
+        }
+        let pending = held.as_ref().map(|previous| previous.writes.as_slice());
+        match prepare_batch(&self.shared, &state, &progress, pending) {
+            Ok(Some(prepared)) => {
+                let batch_id = prepared.batch_id;
+                if let Some(previous) = held.take() {
+                    commit_batch(&self.shared, &state, previous)?;
+                }
+                *held = Some(prepared);
+                Ok(Some(batch_id))
+            }
+            Ok(None) => Ok(None),
+            Err(error @ Error::Batch { .. }) => {
+                // The held batch is good: it commits before the topology stops, as the
+                // driver lets its batch in flight commit.
+                let settled = held
+                    .take()
+                    .map(|previous| commit_batch(&self.shared, &state, previous).map(|_| ()));
+                stop_topology(&state, &error);
+                settled.transpose()?;
+                Err(error)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Commits the batch [`execute_batch`](Self::execute_batch) holds for `topology`; `None`
+    /// if it holds none. Only with [`BatchDriving::Manual`].
+    pub fn commit_held_batch(&self, topology: &str) -> Result<Option<BatchSummary>, Error> {
+        let state = self.manual_topology(topology)?;
+        let _serial = lock(&state.run_lock);
+        let Some(held) = lock(&state.held).take() else {
+            return Ok(None);
+        };
+        commit_batch(&self.shared, &state, held).map(Some)
+    }
+
+    fn manual_topology(&self, topology: &str) -> Result<Arc<TopologyState>, Error> {
         if self.shared.options.batch_driving != BatchDriving::Manual {
             return Err(Error::NotManual);
         }
-        let state = self.shared.topology(topology)?.clone();
-        run_one_batch(&self.shared, &state)
+        Ok(self.shared.topology(topology)?.clone())
     }
 
     /// Runs batches of every topology until none has new input. Only with
@@ -1790,6 +1855,9 @@ fn commit_batch(
 /// input.
 fn run_one_batch(shared: &Shared, state: &TopologyState) -> Result<Option<BatchSummary>, Error> {
     let _serial = lock(&state.run_lock);
+    if let Some(held) = lock(&state.held).take() {
+        commit_batch(shared, state, held)?;
+    }
     let progress = lock(&state.progress).clone();
     match prepare_batch(shared, state, &progress, None) {
         Ok(Some(prepared)) => commit_batch(shared, state, prepared).map(Some),

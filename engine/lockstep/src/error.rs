@@ -123,8 +123,9 @@ pub enum Error {
         /// The reused call number.
         sequence: u64,
     },
-    /// `run_batch` in automatic mode, where the engine runs batches itself.
-    #[error("run_batch needs BatchDriving::Manual; this engine runs batches itself")]
+    /// `run_batch`, `execute_batch` or `commit_held_batch` in automatic mode, where the engine
+    /// runs batches itself.
+    #[error("run_batch, execute_batch and commit_held_batch need BatchDriving::Manual; this engine runs batches itself")]
     NotManual,
     /// A wait ran out of time. The record may still be processed later.
     #[error("timed out after {waited_ms} ms")]

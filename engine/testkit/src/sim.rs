@@ -27,8 +27,13 @@ pub struct SimConfig {
     pub call_commands_max: usize,
     /// Weight of "a client appends".
     pub append_weight: u32,
-    /// Weight of "run one batch".
+    /// Weight of "run one batch" (execute and commit).
     pub batch_weight: u32,
+    /// Weight of "execute the next batch over the held one, commit the held one, hold the
+    /// new one": the automatic driver's pipelining, a step at a time.
+    pub execute_weight: u32,
+    /// Weight of "commit the held batch".
+    pub commit_held_weight: u32,
     /// Weight of "the process dies and restarts".
     pub restart_weight: u32,
     /// Weight of "the next durable write of some kind fails".
@@ -44,7 +49,9 @@ impl Default for SimConfig {
             clients: 4,
             call_commands_max: 3,
             append_weight: 50,
-            batch_weight: 32,
+            batch_weight: 16,
+            execute_weight: 16,
+            commit_held_weight: 8,
             restart_weight: 4,
             fault_weight: 6,
             shrink_time_max: Duration::from_secs(60),
@@ -113,8 +120,13 @@ pub enum Step<C> {
         /// The commands of the new call.
         commands: Vec<C>,
     },
-    /// One batch runs.
+    /// One batch runs (a held batch commits first).
     RunBatch,
+    /// The next batch executes over the held one's writes; the held one commits; the new one
+    /// is held ([`Engine::execute_batch`]).
+    ExecuteBatch,
+    /// The held batch commits ([`Engine::commit_held_batch`]).
+    CommitHeld,
     /// The next durable write of kind `write` fails with `fault`.
     Fault {
         /// Which write.
@@ -339,6 +351,8 @@ impl<'t, T: SimTarget> Simulation<'t, T> {
             config.batch_weight,
             config.restart_weight,
             config.fault_weight,
+            config.execute_weight,
+            config.commit_held_weight,
         ];
         let total: u32 = weights.iter().sum();
         let mut pick = rng.gen_range(0..total.max(1));
@@ -360,6 +374,8 @@ impl<'t, T: SimTarget> Simulation<'t, T> {
             2 => Step::Restart {
                 options: SimEngineOptions::draw(rng),
             },
+            4 => Step::ExecuteBatch,
+            5 => Step::CommitHeld,
             _ => Step::Fault {
                 write: if rng.gen_bool(0.5) {
                     DurableWrite::Append
@@ -575,29 +591,45 @@ impl<'t, T: SimTarget> Execution<'t, T> {
                 self.send(*client as usize)
             }
             Step::RunBatch => {
-                let topology = self.target.topology();
-                let was_poisoned = self.poisoned();
-                match self.engine()?.run_batch(topology) {
-                    Ok(Some(_)) if was_poisoned => {
-                        Err("a poisoned engine committed a batch".to_string())
-                    }
-                    Ok(Some(_)) => {
-                        self.summary.batches += 1;
-                        Ok(())
-                    }
-                    Ok(None) => Ok(()),
-                    Err(Error::Poisoned { .. }) => {
-                        self.note_faults();
-                        Ok(())
-                    }
-                    Err(e) => Err(format!("batch failed: {e}")),
-                }
+                self.batch_step(|engine, topology| engine.run_batch(topology).map(|_| ()))
+            }
+            Step::ExecuteBatch => {
+                self.batch_step(|engine, topology| engine.execute_batch(topology).map(|_| ()))
+            }
+            Step::CommitHeld => {
+                self.batch_step(|engine, topology| engine.commit_held_batch(topology).map(|_| ()))
             }
             Step::Fault { write, fault } => {
                 self.faults.fail_next(*write, *fault);
                 Ok(())
             }
             Step::Restart { options } => self.restart(*options),
+        }
+    }
+
+    /// Runs one of the batch steps. Whatever it commits (a held batch, a new one) is counted
+    /// by the committed batch id; a poisoned engine must commit nothing.
+    fn batch_step(
+        &mut self,
+        run: impl FnOnce(&Engine, &str) -> Result<(), Error>,
+    ) -> Result<(), String> {
+        let topology = self.target.topology();
+        let was_poisoned = self.poisoned();
+        let engine = self.engine()?;
+        let committed_before = committed_batch_id(engine, topology)?;
+        let result = run(engine, topology);
+        let committed = committed_batch_id(engine, topology)?.saturating_sub(committed_before);
+        if was_poisoned && committed > 0 {
+            return Err("a poisoned engine committed a batch".to_string());
+        }
+        self.summary.batches += committed;
+        match result {
+            Ok(()) => Ok(()),
+            Err(Error::Poisoned { .. }) => {
+                self.note_faults();
+                Ok(())
+            }
+            Err(e) => Err(format!("batch failed: {e}")),
         }
     }
 
@@ -895,4 +927,11 @@ fn durable_log<T: SimTarget>(
         );
     }
     Ok(log)
+}
+
+fn committed_batch_id(engine: &Engine, topology: &str) -> Result<u64, String> {
+    engine
+        .committed(topology)
+        .map(|record| record.batch_id)
+        .map_err(|e| format!("committed: {e}"))
 }
