@@ -279,6 +279,7 @@ pub(crate) struct TopologyState {
     run_lock: Mutex<()>,
     /// With manual driving, the batch [`Engine::execute_batch`] executed and has not
     /// committed yet: what the automatic driver has in flight while it executes the next.
+    /// Never written until it commits; closing the engine discards it.
     held: Mutex<Option<PreparedBatch>>,
     /// Totals over the batches committed since open.
     stats: Mutex<TopologyStats>,
@@ -898,7 +899,8 @@ impl Engine {
     }
 
     /// Runs one batch of `topology` now; `None` if it had no new input. A batch held by
-    /// [`execute_batch`](Self::execute_batch) commits first. Only with
+    /// [`execute_batch`](Self::execute_batch) commits first (it is counted by
+    /// [`run_until_idle`](Self::run_until_idle), not reported here). Only with
     /// [`BatchDriving::Manual`].
     pub fn run_batch(&self, topology: &str) -> Result<Option<BatchSummary>, Error> {
         let state = self.manual_topology(topology)?;
@@ -907,12 +909,23 @@ impl Engine {
 
     /// Executes the next batch of `topology` without committing it, and holds it: the first
     /// half of what the automatic driver does while the batch before is still committing,
-    /// step by step, so that tests and the simulation can put faults and restarts between
-    /// the halves. The batch reads the held batch's writes (if one is held) over the
-    /// committed state; once it has executed, the held one commits, and the new one is held
-    /// in its place. If that commit fails, the engine is poisoned and the new batch is
-    /// dropped, as the driver drops it. Returns the new batch's id; `None` if there was no
-    /// new input (the held batch, if any, stays held). Only with [`BatchDriving::Manual`].
+    /// as a step of its own, so that tests and the simulation can put faults and restarts
+    /// between the halves. Only with [`BatchDriving::Manual`].
+    ///
+    /// The batch plans from where the held batch (if any) leaves off and reads its writes over
+    /// the committed state. Once it has executed, the held batch commits and the new one is
+    /// held in its place; returns the new batch's id.
+    ///
+    /// - `Ok(None)`: no new input; the held batch stays held.
+    /// - The held batch's commit fails: the engine is poisoned, the new batch is dropped, and
+    ///   [`Error::Poisoned`] is returned.
+    /// - A handler fails ([`Error::Batch`]): the held batch commits, then the topology stops
+    ///   with the handler's error (with the commit's, if that failed too), which is returned.
+    /// - Any other error (the engine poisoned by another write, a read failing): nothing
+    ///   commits; the held batch stays held unless the engine is poisoned, when it is dropped.
+    ///
+    /// A held batch is never written until it commits: [`close`](Self::close), a drop or a
+    /// crash discards it, and after the reopen its records are executed again.
     pub fn execute_batch(&self, topology: &str) -> Result<Option<u64>, Error> {
         let state = self.manual_topology(topology)?;
         let _serial = lock(&state.run_lock);
@@ -929,7 +942,7 @@ impl Engine {
             Ok(Some(prepared)) => {
                 let batch_id = prepared.batch_id;
                 if let Some(previous) = held.take() {
-                    commit_batch(&self.shared, &state, previous)?;
+                    commit_or_poison(&self.shared, &state, previous)?;
                 }
                 *held = Some(prepared);
                 Ok(Some(batch_id))
@@ -940,24 +953,39 @@ impl Engine {
                 // driver lets its batch in flight commit.
                 let settled = held
                     .take()
-                    .map(|previous| commit_batch(&self.shared, &state, previous).map(|_| ()));
-                stop_topology(&state, &error);
-                settled.transpose()?;
+                    .map(|previous| commit_or_poison(&self.shared, &state, previous));
+                match settled {
+                    Some(Err(commit_error)) => {
+                        stop_topology(&state, &commit_error);
+                        Err(commit_error)
+                    }
+                    _ => {
+                        stop_topology(&state, &error);
+                        Err(error)
+                    }
+                }
+            }
+            Err(error) => {
+                if matches!(error, Error::Poisoned { .. }) {
+                    // It can never commit now; keep no batch's worth of writes for nothing.
+                    held.take();
+                }
                 Err(error)
             }
-            Err(error) => Err(error),
         }
     }
 
     /// Commits the batch [`execute_batch`](Self::execute_batch) holds for `topology`; `None`
-    /// if it holds none. Only with [`BatchDriving::Manual`].
+    /// if it holds none. A failed commit poisons the engine. Only with
+    /// [`BatchDriving::Manual`].
     pub fn commit_held_batch(&self, topology: &str) -> Result<Option<BatchSummary>, Error> {
         let state = self.manual_topology(topology)?;
         let _serial = lock(&state.run_lock);
-        let Some(held) = lock(&state.held).take() else {
-            return Ok(None);
-        };
-        commit_batch(&self.shared, &state, held).map(Some)
+        let held = lock(&state.held).take();
+        match held {
+            Some(held) => commit_or_poison(&self.shared, &state, held).map(Some),
+            None => Ok(None),
+        }
     }
 
     fn manual_topology(&self, topology: &str) -> Result<Arc<TopologyState>, Error> {
@@ -967,10 +995,16 @@ impl Engine {
         Ok(self.shared.topology(topology)?.clone())
     }
 
-    /// Runs batches of every topology until none has new input. Only with
-    /// [`BatchDriving::Manual`]. Returns how many batches committed.
+    /// Commits every batch [`execute_batch`](Self::execute_batch) holds, then runs batches of
+    /// every topology until none has new input. Only with [`BatchDriving::Manual`]. Returns
+    /// how many batches committed.
     pub fn run_until_idle(&self) -> Result<u64, Error> {
         let mut committed = 0;
+        for name in self.shared.topologies.keys() {
+            if self.commit_held_batch(name)?.is_some() {
+                committed += 1;
+            }
+        }
         loop {
             let mut progressed = false;
             for name in self.shared.topologies.keys() {
@@ -1134,7 +1168,9 @@ impl Engine {
         Ok(self.shared.store.state_entries()?)
     }
 
-    /// Stops accepting appends, finishes the in-flight group and batch, and closes.
+    /// Stops accepting appends, finishes the in-flight group and batch, and closes. A batch
+    /// held by [`execute_batch`](Self::execute_batch) is discarded, not committed: it was
+    /// never written, and its records run again after the reopen, as after a crash.
     pub fn close(mut self) {
         self.shutdown();
     }
@@ -1446,23 +1482,10 @@ fn run_driver(shared: &Shared, topology: &TopologyState) {
             .name(format!("lockstep-{}-commit", topology.topology.name()))
             .spawn_scoped(scope, move || {
                 for mut prepared in batches_rx {
-                    let batch_id = prepared.batch_id;
                     // Freed after the driver has heard this batch's result (below), so that
                     // neither the driver nor this batch's publication waits for the freeing.
                     let retired_writes = prepared.retired_writes.take();
-                    let committed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        commit_batch(shared, topology, prepared)
-                    }))
-                    .unwrap_or_else(|panic| {
-                        // Whether the batch reached the disk is unknown: no more writes.
-                        let reason = format!(
-                            "committing batch {batch_id} of topology {:?} panicked: {}",
-                            topology.topology.name(),
-                            panic_message(panic.as_ref())
-                        );
-                        shared.poison_and_wake(reason.clone());
-                        Err(Error::Poisoned { reason })
-                    });
+                    let committed = commit_or_poison(shared, topology, prepared);
                     let sent = done_tx.send(committed);
                     drop(retired_writes);
                     if sent.is_err() {
@@ -1477,6 +1500,28 @@ fn run_driver(shared: &Shared, topology: &TopologyState) {
         drive_batches(shared, topology, &batches_tx, &done_rx);
         drop(batches_tx);
     });
+}
+
+/// Commits `prepared` (B5–B6); a panic on the way poisons the engine, since whether the batch
+/// reached the disk is then unknown, and committing it again could apply it twice.
+fn commit_or_poison(
+    shared: &Shared,
+    state: &TopologyState,
+    prepared: PreparedBatch,
+) -> Result<BatchSummary, Error> {
+    let batch_id = prepared.batch_id;
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        commit_batch(shared, state, prepared)
+    }))
+    .unwrap_or_else(|panic| {
+        let reason = format!(
+            "committing batch {batch_id} of topology {:?} panicked: {}",
+            state.topology.name(),
+            panic_message(panic.as_ref())
+        );
+        shared.poison_and_wake(reason.clone());
+        Err(Error::Poisoned { reason })
+    })
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
@@ -1855,12 +1900,13 @@ fn commit_batch(
 /// input.
 fn run_one_batch(shared: &Shared, state: &TopologyState) -> Result<Option<BatchSummary>, Error> {
     let _serial = lock(&state.run_lock);
-    if let Some(held) = lock(&state.held).take() {
-        commit_batch(shared, state, held)?;
+    let held = lock(&state.held).take();
+    if let Some(held) = held {
+        commit_or_poison(shared, state, held)?;
     }
     let progress = lock(&state.progress).clone();
     match prepare_batch(shared, state, &progress, None) {
-        Ok(Some(prepared)) => commit_batch(shared, state, prepared).map(Some),
+        Ok(Some(prepared)) => commit_or_poison(shared, state, prepared).map(Some),
         Ok(None) => Ok(None),
         Err(error @ Error::Batch { .. }) => {
             stop_topology(state, &error);

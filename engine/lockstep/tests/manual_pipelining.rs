@@ -8,7 +8,10 @@
 mod common;
 
 use common::{ledger_with, open, read_state, Ledger, Model, Op, TOPOLOGY};
-use lockstep::{Delivery, DurableWrite, Engine, EngineOptions, Error, StorageFaults, WriteFault};
+use lockstep::{
+    Delivery, Depot, DurableWrite, Engine, EngineOptions, Error, HandlerError, NoMessages,
+    StorageFaults, TopologyBuilder, WriteFault,
+};
 
 const PARTITIONS: u32 = 3;
 
@@ -21,7 +24,12 @@ fn op(i: u32) -> Op {
 }
 
 fn options(faults: &StorageFaults) -> EngineOptions {
+    options_with_cache(faults, 0)
+}
+
+fn options_with_cache(faults: &StorageFaults, state_cache_bytes_max: usize) -> EngineOptions {
     let mut options = EngineOptions::manual();
+    options.state_cache_bytes_max = state_cache_bytes_max;
     // Small batches: many of them, cut at varied places.
     options.batch_records_max = 2;
     options.storage_faults = Some(faults.clone());
@@ -50,24 +58,39 @@ fn assert_visible_is_committed_prefix(engine: &Engine, ledger: &Ledger, ops: &[O
 
 #[test]
 fn executed_batches_commit_in_order_and_read_the_held_batch() {
+    // Without the state cache, with one so small it evicts all the time, and with a large one:
+    // the next batch must read the held batch's keys from its writes, never from the cache.
+    for state_cache_bytes_max in [0, 1 << 10, 64 << 20] {
+        steps_in_every_mix(state_cache_bytes_max);
+    }
+}
+
+fn committed_id(engine: &Engine) -> u64 {
+    engine.committed(TOPOLOGY).expect("committed").batch_id
+}
+
+fn steps_in_every_mix(state_cache_bytes_max: usize) {
     let dir = tempfile::tempdir().expect("tempdir");
     let ledger = ledger_with(PARTITIONS, Delivery::Serializable);
     let faults = StorageFaults::new();
-    let engine = open(dir.path(), &ledger, options(&faults)).expect("open");
+    let options = options_with_cache(&faults, state_cache_bytes_max);
+    let engine = open(dir.path(), &ledger, options).expect("open");
     let ops: Vec<Op> = (0..120).map(op).collect();
 
     engine.append_many(&ledger.ops, &ops[..10]).expect("append");
     assert_eq!(engine.execute_batch(TOPOLOGY).expect("execute"), Some(1));
     // Held, not committed: nothing visible yet.
-    assert_eq!(engine.committed(TOPOLOGY).expect("committed").batch_id, 0);
+    assert_eq!(committed_id(&engine), 0);
     assert_visible_is_committed_prefix(&engine, &ledger, &ops);
     assert_eq!(engine.execute_batch(TOPOLOGY).expect("execute"), Some(2));
-    assert_eq!(engine.committed(TOPOLOGY).expect("committed").batch_id, 1);
+    assert_eq!(committed_id(&engine), 1);
     assert_visible_is_committed_prefix(&engine, &ledger, &ops);
 
     // Every mix of steps: appends, executions over a held batch, commits of the held one,
-    // and whole batches (which commit the held one first).
+    // and whole batches (which commit the held one first). Batches commit in id order, each
+    // once: an executed batch is the one after the held one, which it commits.
     let mut appended = 10;
+    let mut held: Option<u64> = Some(2);
     for round in 0..60u32 {
         if round % 3 == 0 && appended < ops.len() {
             let end = (appended + 7).min(ops.len());
@@ -76,21 +99,48 @@ fn executed_batches_commit_in_order_and_read_the_held_batch() {
                 .expect("append");
             appended = end;
         }
+        let before = committed_id(&engine);
         match round % 5 {
-            0 | 1 | 3 => {
-                engine.execute_batch(TOPOLOGY).expect("execute");
-            }
+            0 | 1 | 3 => match engine.execute_batch(TOPOLOGY).expect("execute") {
+                Some(id) => {
+                    assert_eq!(id, before + 1 + u64::from(held.is_some()));
+                    assert_eq!(committed_id(&engine), id - 1);
+                    held = Some(id);
+                }
+                // No new input: the held batch stays held, nothing commits.
+                None => assert_eq!(committed_id(&engine), before),
+            },
             2 => {
-                engine.commit_held_batch(TOPOLOGY).expect("commit held");
+                let summary = engine.commit_held_batch(TOPOLOGY).expect("commit held");
+                let committed = summary.map(|s| s.batch_id);
+                assert_eq!(committed, held.take());
+                assert_eq!(
+                    committed_id(&engine),
+                    before + u64::from(committed.is_some())
+                );
             }
             _ => {
-                engine.run_batch(TOPOLOGY).expect("run");
+                let summary = engine.run_batch(TOPOLOGY).expect("run");
+                let held_committed = u64::from(held.take().is_some());
+                let ran = summary.map(|s| s.batch_id);
+                if let Some(id) = ran {
+                    assert_eq!(id, before + held_committed + 1);
+                }
+                assert_eq!(
+                    committed_id(&engine),
+                    before + held_committed + u64::from(ran.is_some())
+                );
             }
         }
         assert_visible_is_committed_prefix(&engine, &ledger, &ops);
     }
-    engine.commit_held_batch(TOPOLOGY).expect("commit held");
-    engine.run_until_idle().expect("idle");
+    let before = committed_id(&engine);
+    let committed = engine.run_until_idle().expect("idle");
+    assert_eq!(
+        committed_id(&engine),
+        before + committed,
+        "run_until_idle counts the held batch"
+    );
     assert_eq!(
         assert_visible_is_committed_prefix(&engine, &ledger, &ops),
         ops.len()
@@ -107,6 +157,116 @@ fn executed_batches_commit_in_order_and_read_the_held_batch() {
         .commit_held_batch(TOPOLOGY)
         .expect("commit held")
         .is_none());
+}
+
+#[test]
+fn closing_discards_the_held_batch_and_its_records_run_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = ledger_with(PARTITIONS, Delivery::Serializable);
+    let faults = StorageFaults::new();
+    let ops: Vec<Op> = (0..30).map(op).collect();
+    {
+        let engine = open(dir.path(), &ledger, options(&faults)).expect("open");
+        engine.append_many(&ledger.ops, &ops).expect("append");
+        assert_eq!(engine.execute_batch(TOPOLOGY).expect("execute"), Some(1));
+        assert_eq!(engine.execute_batch(TOPOLOGY).expect("execute"), Some(2));
+        engine.close();
+    }
+    let engine = open(dir.path(), &ledger, options(&faults)).expect("reopen");
+    assert_eq!(committed_id(&engine), 1, "the held batch was never written");
+    assert_visible_is_committed_prefix(&engine, &ledger, &ops);
+    engine.run_until_idle().expect("idle");
+    assert_eq!(
+        assert_visible_is_committed_prefix(&engine, &ledger, &ops),
+        ops.len()
+    );
+}
+
+#[test]
+fn a_failed_append_poisons_and_the_held_batch_never_commits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = ledger_with(PARTITIONS, Delivery::Serializable);
+    let faults = StorageFaults::new();
+    let ops: Vec<Op> = (0..20).map(op).collect();
+    let engine = open(dir.path(), &ledger, options(&faults)).expect("open");
+    engine.append_many(&ledger.ops, &ops[..10]).expect("append");
+    assert_eq!(engine.execute_batch(TOPOLOGY).expect("execute"), Some(1));
+    faults.fail_next(DurableWrite::Append, WriteFault::WrittenButFailed);
+    assert!(engine.append_many(&ledger.ops, &ops[10..]).is_err());
+    assert!(engine.poisoned().is_some());
+    for result in [
+        engine.commit_held_batch(TOPOLOGY).map(|_| ()),
+        engine.execute_batch(TOPOLOGY).map(|_| ()),
+        engine.run_batch(TOPOLOGY).map(|_| ()),
+    ] {
+        assert!(matches!(result, Err(Error::Poisoned { .. })), "{result:?}");
+    }
+    assert_eq!(committed_id(&engine), 0);
+    assert_eq!(read_state(&engine, &ledger).batch_id, 0);
+}
+
+/// A topology whose handler refuses the record 666, to fail a batch on demand.
+fn pill_topology() -> (Depot<u32>, lockstep::Topology, lockstep::PState<u32, u32>) {
+    let events = Depot::<u32>::hashed("events", 2, |e| *e).expect("depot");
+    let mut builder = TopologyBuilder::<NoMessages>::new("pill", 2);
+    let seen = builder.pstate::<u32, u32>("seen");
+    let handle = seen.clone();
+    builder.consume(&events, move |ctx, event: u32| {
+        if event == 666 {
+            return Err(HandlerError::user("poison pill"));
+        }
+        ctx.put(&handle, &event, &1)
+    });
+    (events, builder.build().expect("topology"), seen)
+}
+
+#[test]
+fn a_failing_handler_lets_the_held_batch_commit_then_stops_the_topology() {
+    for commit_fault in [None, Some(WriteFault::NotWritten)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (events, topology, seen) = pill_topology();
+        let faults = StorageFaults::new();
+        let engine = Engine::builder(dir.path())
+            .options(options(&faults))
+            .depot(&events)
+            .topology(topology)
+            .open()
+            .expect("open");
+        engine.append_many(&events, &[1, 2]).expect("append");
+        assert_eq!(engine.execute_batch("pill").expect("execute"), Some(1));
+        engine.append(&events, &666).expect("append");
+        if let Some(fault) = commit_fault {
+            faults.fail_next(DurableWrite::Commit, fault);
+        }
+        let error = engine
+            .execute_batch("pill")
+            .expect_err("the pill fails the batch");
+        let failure = engine
+            .topology_failure("pill")
+            .expect("topology")
+            .expect("stopped");
+        let committed = engine.committed("pill").expect("committed").batch_id;
+        match commit_fault {
+            None => {
+                assert!(matches!(error, Error::Batch { .. }), "{error}");
+                assert!(failure.contains("poison pill"), "{failure}");
+                // The held batch committed before the stop.
+                assert_eq!(committed, 1);
+                let snapshot = engine.snapshot().expect("snapshot");
+                assert_eq!(snapshot.get(&seen, &1).expect("read"), Some(1));
+                assert_eq!(snapshot.get(&seen, &2).expect("read"), Some(1));
+                assert!(matches!(
+                    engine.execute_batch("pill"),
+                    Err(Error::TopologyStopped { .. })
+                ));
+            }
+            Some(_) => {
+                assert!(matches!(error, Error::Poisoned { .. }), "{error}");
+                assert!(failure.contains("failed to commit"), "{failure}");
+                assert_eq!(committed, 0);
+            }
+        }
+    }
 }
 
 #[test]

@@ -98,9 +98,11 @@
 //! - A durable step split into several writes: faults fire around each whole durable step,
 //!   never between two writes of one step (the engine issues exactly one write per step).
 //! - Concurrency inside the engine: each step runs to completion, one call per group commit,
-//!   batches run manually. Groups of several clients' calls, the automatic driver and
-//!   concurrent reads are covered by the engine's stress tests (`snapshot_consistency`,
-//!   `idempotent_append`), not here.
+//!   batches run manually. The driver's pipelining is simulated as two steps of its own
+//!   (executing a batch over the held one, committing the held one), so faults and restarts
+//!   fall between its halves; its threads are not. Groups of several clients' calls, the
+//!   automatic driver's threads and concurrent reads are covered by the engine's stress tests
+//!   (`snapshot_consistency`, `idempotent_append`, `pipelined_batches`), not here.
 
 #![warn(missing_docs)]
 

@@ -111,6 +111,7 @@ impl Default for SimEngineOptions {
 
 /// One step of a simulated run.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub enum Step<C> {
     /// `client` queues `commands` as one append call, then sends its oldest unacknowledged
     /// call (a retry, with the same producer sequence, if that call failed before).
@@ -635,8 +636,10 @@ impl<'t, T: SimTarget> Execution<'t, T> {
 
     fn restart(&mut self, options: SimEngineOptions) -> Result<(), String> {
         self.note_faults();
-        // Every step runs to completion, so nothing is in flight: closing now leaves the disk
-        // exactly as a kill -9 here would (every write the engine makes is synced).
+        // Every step runs to completion, so no write is in flight: closing now leaves the disk
+        // exactly as a kill -9 here would (every write the engine makes is synced). A batch
+        // held by `execute_batch` was never written, and closing discards it, as a crash
+        // loses it.
         if let Some(engine) = self.engine.take() {
             engine.close();
         }
