@@ -920,7 +920,7 @@ impl Engine {
     /// - The held batch's commit fails: the engine is poisoned, the new batch is dropped, and
     ///   [`Error::Poisoned`] is returned.
     /// - A handler fails ([`Error::Batch`]): the held batch commits, then the topology stops
-    ///   with the handler's error (with the commit's, if that failed too), which is returned.
+    ///   with the handler's error (or the commit's, if that failed too), which is returned.
     /// - Any other error (the engine poisoned by another write, a read failing): nothing
     ///   commits; the held batch stays held unless the engine is poisoned, when it is dropped.
     ///

@@ -7,21 +7,15 @@
 
 mod common;
 
-use common::{ledger_with, open, read_state, Ledger, Model, Op, TOPOLOGY};
+use common::{
+    ledger_with, open, read_state, serializable_model_after, varied_op, Ledger, Op, TOPOLOGY,
+};
 use lockstep::{
     Delivery, Depot, DurableWrite, Engine, EngineOptions, Error, HandlerError, NoMessages,
     StorageFaults, TopologyBuilder, WriteFault,
 };
 
 const PARTITIONS: u32 = 3;
-
-fn op(i: u32) -> Op {
-    Op {
-        key: i % 5,
-        amount: i64::from(i % 9) - 3,
-        mirror: (i / 2) % 4,
-    }
-}
 
 fn options(faults: &StorageFaults) -> EngineOptions {
     options_with_cache(faults, 0)
@@ -41,11 +35,7 @@ fn options_with_cache(faults: &StorageFaults, state_cache_bytes_max: usize) -> E
 fn assert_visible_is_committed_prefix(engine: &Engine, ledger: &Ledger, ops: &[Op]) -> usize {
     let committed = engine.committed(TOPOLOGY).expect("committed");
     let consumed: u64 = committed.offsets.iter().map(|o| o.next_offset).sum();
-    let mut model = Model::with_delivery(PARTITIONS, Delivery::Serializable);
-    for op in &ops[..consumed as usize] {
-        model.append(*op);
-    }
-    model.run_until_idle(usize::MAX);
+    let model = serializable_model_after(PARTITIONS, ops, consumed as usize);
     let visible = read_state(engine, ledger);
     assert_eq!(visible.batch_id, committed.batch_id);
     assert_eq!(
@@ -75,7 +65,7 @@ fn steps_in_every_mix(state_cache_bytes_max: usize) {
     let faults = StorageFaults::new();
     let options = options_with_cache(&faults, state_cache_bytes_max);
     let engine = open(dir.path(), &ledger, options).expect("open");
-    let ops: Vec<Op> = (0..120).map(op).collect();
+    let ops: Vec<Op> = (0..120).map(varied_op).collect();
 
     engine.append_many(&ledger.ops, &ops[..10]).expect("append");
     assert_eq!(engine.execute_batch(TOPOLOGY).expect("execute"), Some(1));
@@ -164,7 +154,7 @@ fn closing_discards_the_held_batch_and_its_records_run_again() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ledger = ledger_with(PARTITIONS, Delivery::Serializable);
     let faults = StorageFaults::new();
-    let ops: Vec<Op> = (0..30).map(op).collect();
+    let ops: Vec<Op> = (0..30).map(varied_op).collect();
     {
         let engine = open(dir.path(), &ledger, options(&faults)).expect("open");
         engine.append_many(&ledger.ops, &ops).expect("append");
@@ -187,7 +177,7 @@ fn a_failed_append_poisons_and_the_held_batch_never_commits() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ledger = ledger_with(PARTITIONS, Delivery::Serializable);
     let faults = StorageFaults::new();
-    let ops: Vec<Op> = (0..20).map(op).collect();
+    let ops: Vec<Op> = (0..20).map(varied_op).collect();
     let engine = open(dir.path(), &ledger, options(&faults)).expect("open");
     engine.append_many(&ledger.ops, &ops[..10]).expect("append");
     assert_eq!(engine.execute_batch(TOPOLOGY).expect("execute"), Some(1));
@@ -275,7 +265,7 @@ fn a_failed_commit_of_the_held_batch_drops_the_batch_executed_behind_it() {
         let dir = tempfile::tempdir().expect("tempdir");
         let ledger = ledger_with(PARTITIONS, Delivery::Serializable);
         let faults = StorageFaults::new();
-        let ops: Vec<Op> = (0..40).map(op).collect();
+        let ops: Vec<Op> = (0..40).map(varied_op).collect();
         {
             let engine = open(dir.path(), &ledger, options(&faults)).expect("open");
             engine.append_many(&ledger.ops, &ops[..20]).expect("append");

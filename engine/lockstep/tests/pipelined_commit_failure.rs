@@ -7,28 +7,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{ledger_with, open, read_state, Model, Op};
+use common::{ledger_with, open, read_state, serializable_model_after, varied_op, Op};
 use lockstep::{failpoints, Delivery, EngineOptions};
 
 const PARTITIONS: u32 = 3;
 
-fn op(i: u32) -> Op {
-    Op {
-        key: i % 5,
-        amount: i64::from(i % 9) - 3,
-        mirror: (i / 2) % 4,
-    }
-}
-
-/// The state after the first `records` ops, in append order (serializable delivery makes
-/// it independent of batch boundaries).
-fn model_after(ops: &[Op], records: usize) -> Model {
-    let mut model = Model::with_delivery(PARTITIONS, Delivery::Serializable);
-    for op in &ops[..records] {
-        model.append(*op);
-    }
-    model.run_until_idle(usize::MAX);
-    model
+fn model_after(ops: &[Op], records: usize) -> common::Model {
+    serializable_model_after(PARTITIONS, ops, records)
 }
 
 #[test]
@@ -38,7 +23,7 @@ fn a_failed_commit_drops_the_batch_executed_behind_it() {
     let ledger = ledger_with(PARTITIONS, Delivery::Serializable);
     let mut options = EngineOptions::default();
     options.batch_records_max = 2;
-    let ops: Vec<Op> = (0..600).map(op).collect();
+    let ops: Vec<Op> = (0..600).map(varied_op).collect();
     {
         let engine = open(dir.path(), &ledger, options.clone()).expect("open");
         // The 20th commit fails; the batches before it commit normally.

@@ -258,6 +258,27 @@ pub fn sample_ops(n: u32) -> Vec<Op> {
         .collect()
 }
 
+/// The `i`-th of a stream of ops over few keys, with amounts of both signs and varied mirrors,
+/// so that a batch reading stale state shows in the totals.
+pub fn varied_op(i: u32) -> Op {
+    Op {
+        key: i % 5,
+        amount: i64::from(i % 9) - 3,
+        mirror: (i / 2) % 4,
+    }
+}
+
+/// The model after the first `records` of `ops`, in append order, with serializable delivery
+/// (which makes the state independent of where batches were cut).
+pub fn serializable_model_after(partitions: u32, ops: &[Op], records: usize) -> Model {
+    let mut model = Model::with_delivery(partitions, Delivery::Serializable);
+    for op in &ops[..records] {
+        model.append(*op);
+    }
+    model.run_until_idle(usize::MAX);
+    model
+}
+
 /// How many records the ledger's depot holds, over all partitions.
 pub fn stored_records(engine: &Engine, ledger: &Ledger) -> usize {
     (0..ledger.partitions)
