@@ -7,16 +7,17 @@ use lockstep::{Engine, EngineOptions};
 use lockstep_topologies::components::{components, Components};
 
 /// Opens the engine in `dir` with the component topology on `partitions` partitions and the
-/// default options (automatic batches, the default batch caps). `LOCKSTEP_STATE_CACHE_MIB`
-/// sets the state cache's size (0 turns it off), to measure what it is worth.
+/// default options (automatic batches, the default batch caps). To measure what a cache is
+/// worth: `LOCKSTEP_STATE_CACHE_MIB` sets the state cache's size (0 turns it off), and
+/// `LOCKSTEP_BLOCK_CACHE_MIB` RocksDB's block cache.
 pub fn open_lockstep(dir: &Path, partitions: u32) -> anyhow::Result<(Arc<Engine>, Components)> {
     let handles = components(partitions)?;
     let mut options = EngineOptions::default();
-    if let Ok(mib) = std::env::var("LOCKSTEP_STATE_CACHE_MIB") {
-        let mib: usize = mib
-            .parse()
-            .map_err(|_| anyhow::anyhow!("LOCKSTEP_STATE_CACHE_MIB={mib:?} is not a number"))?;
+    if let Some(mib) = env_mib("LOCKSTEP_STATE_CACHE_MIB")? {
         options.state_cache_bytes_max = mib << 20;
+    }
+    if let Some(mib) = env_mib("LOCKSTEP_BLOCK_CACHE_MIB")? {
+        options.block_cache_bytes = mib << 20;
     }
     let engine = Engine::builder(dir)
         .options(options)
@@ -24,4 +25,15 @@ pub fn open_lockstep(dir: &Path, partitions: u32) -> anyhow::Result<(Arc<Engine>
         .topology(handles.topology.clone())
         .open()?;
     Ok((Arc::new(engine), handles))
+}
+
+/// A size in MiB from the environment variable `name`, if it is set.
+fn env_mib(name: &str) -> anyhow::Result<Option<usize>> {
+    match std::env::var(name) {
+        Err(_) => Ok(None),
+        Ok(mib) => mib
+            .parse()
+            .map(Some)
+            .map_err(|_| anyhow::anyhow!("{name}={mib:?} is not a number")),
+    }
 }

@@ -40,6 +40,9 @@ pub enum BatchDriving {
     Manual,
 }
 
+/// [`EngineOptions::block_cache_bytes`] by default.
+const BLOCK_CACHE_BYTES_DEFAULT: usize = 64 << 20;
+
 /// Tuning knobs. The defaults suit a small machine.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -67,6 +70,19 @@ pub struct EngineOptions {
     /// BENCHMARKS.md). It can pay for a topology that re-reads a hot set much smaller than
     /// its state, whose reads miss the memtables.
     pub state_cache_bytes_max: usize,
+    /// Bytes of RocksDB's cache of uncompressed table blocks, shared by the depots, the
+    /// PStates and the catalog. Reads of state that has left the memtables for table files
+    /// (large states, or state not written lately) find their blocks here, or else read and
+    /// decompress them again. Pages of the table files are also in the operating system's
+    /// page cache, which this does not count.
+    ///
+    /// 64 MiB by default. One cache for all bounds what RocksDB's defaults would spend (a
+    /// cache of 32 MiB per column family); its size made no difference the machine's noise did
+    /// not cover in the component scaling run at 1M components, from 32 to 256 MiB
+    /// (BENCHMARKS.md): there, fetching the blocks it missed (from the operating system's
+    /// page cache) took about a tenth of the batch driver's time.
+    /// Memory grows with it, not with the state's size.
+    pub block_cache_bytes: usize,
     /// Faults to inject into durable writes (tests and simulations); `None` in production.
     pub storage_faults: Option<StorageFaults>,
 }
@@ -81,6 +97,7 @@ impl Default for EngineOptions {
             append_group_bytes_max: 8 << 20,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             state_cache_bytes_max: 0,
+            block_cache_bytes: BLOCK_CACHE_BYTES_DEFAULT,
             storage_faults: None,
         }
     }
@@ -555,7 +572,8 @@ impl Engine {
             }
             .into());
         }
-        let store = RocksStore::open(path)?;
+        // Only the catalog is read: RocksDB's own default cache size is plenty.
+        let store = RocksStore::open(path, 32 << 20)?;
         catalog::stored_depot_partitions(&store, depot)
     }
 
@@ -565,7 +583,7 @@ impl Engine {
             op: "create data directory",
             message: e.to_string(),
         })?;
-        let store = RocksStore::open(&builder.path)?;
+        let store = RocksStore::open(&builder.path, builder.options.block_cache_bytes)?;
         let specs: Vec<Arc<DepotSpec>> = builder.depots.iter().map(|d| d.spec.clone()).collect();
         let catalog = catalog::resolve(&store, &specs, &builder.topologies)?;
         fail::fail_point!(failpoints::RECOVERY_AFTER_CATALOG, |_| Err(Error::Store(
@@ -845,7 +863,9 @@ impl Engine {
     }
 
     /// `Some(batch)` once `progress` has consumed `record`; an error if it never will (the
-    /// topology stopped, the engine is poisoned); `None` while it may still.
+    /// engine is poisoned, the topology stopped); `None` while it may still. The poison comes
+    /// first: a failed commit also stops its topology, and the caller should hear the cause,
+    /// whichever thread the commit failed on.
     fn verdict(
         &self,
         progress: &Progress,
@@ -856,13 +876,13 @@ impl Engine {
         if consumed_past(progress, input, record)? {
             return Ok(Some(progress.record.batch_id));
         }
+        self.shared.poison.check()?;
         if let Some(reason) = &progress.stopped {
             return Err(Error::TopologyStopped {
                 topology: topology.to_string(),
                 reason: reason.clone(),
             });
         }
-        self.shared.poison.check()?;
         Ok(None)
     }
 
@@ -1026,6 +1046,9 @@ impl Engine {
 
     /// Waits until `topology` has committed the batch that processed `record`; returns the
     /// topology's committed batch id at that moment (at or after the one that processed it).
+    /// Fails at once, without waiting out `timeout`, if it never will: [`Error::Poisoned`]
+    /// after a failed durable write (a failed commit included), else
+    /// [`Error::TopologyStopped`] after a handler failed.
     pub fn wait_for(
         &self,
         topology: &str,

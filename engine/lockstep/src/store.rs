@@ -10,8 +10,8 @@ use lockstep_core::store::{
 };
 use lockstep_core::{decode_envelope, encode_envelope};
 use rocksdb::{
-    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, DBRecoveryMode,
-    Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType,
+    DBRecoveryMode, Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB,
 };
 
 pub(crate) const CF_DEPOT: &str = "depot";
@@ -83,7 +83,11 @@ impl std::fmt::Debug for RocksStore {
 }
 
 impl RocksStore {
-    pub(crate) fn open(path: &Path) -> Result<Self, StoreError> {
+    /// Opens (or creates) the database at `path`. `block_cache_bytes` sizes the one cache of
+    /// uncompressed table blocks that every column family shares (RocksDB would otherwise give
+    /// each its own 32 MiB).
+    pub(crate) fn open(path: &Path, block_cache_bytes: usize) -> Result<Self, StoreError> {
+        let block_cache = Cache::new_lru_cache(block_cache_bytes);
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
@@ -96,16 +100,17 @@ impl RocksStore {
         let cfs = [CF_DEPOT, CF_STATE, CF_META].map(|name| {
             let mut cf_options = Options::default();
             cf_options.set_compression_type(DBCompressionType::Lz4);
+            let mut table = BlockBasedOptions::default();
+            table.set_block_cache(&block_cache);
             if name == CF_STATE {
                 // Handlers look up many keys that do not exist (a create checks its id is free,
                 // a command names a missing parent): bloom filters answer those without
                 // walking the memtable's skiplist or reading a block.
                 cf_options.set_memtable_prefix_bloom_ratio(0.1);
                 cf_options.set_memtable_whole_key_filtering(true);
-                let mut table = BlockBasedOptions::default();
                 table.set_bloom_filter(10.0, false);
-                cf_options.set_block_based_table_factory(&table);
             }
+            cf_options.set_block_based_table_factory(&table);
             ColumnFamilyDescriptor::new(name, cf_options)
         });
         let db = DB::open_cf_descriptors(&options, path, cfs).map_err(io("open"))?;
@@ -522,7 +527,7 @@ mod tests {
     #[test]
     fn live_state_lends_what_it_would_copy() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = RocksStore::open(dir.path()).expect("open");
+        let store = RocksStore::open(dir.path(), 1 << 20).expect("open");
         let writes: WriteSet = [
             (b"kept".to_vec(), Some(b"value".to_vec())),
             (b"empty".to_vec(), Some(Vec::new())),
