@@ -12,9 +12,9 @@
 //!
 //! Keys handed to these traits are already laid out by [`crate::layout`]; values are opaque.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -196,14 +196,32 @@ pub struct CommitRecord {
 /// The final state of every key a batch wrote on one partition: `None` is a delete.
 ///
 /// A batch looks a key up in its own write set, and in the previous batch's while that one
-/// commits, before every read of the store, so point lookups go through a hash index; the
-/// keys are also kept in order, because scans merge the write set's range with the store's and
-/// the commit writes in key order. Iteration is always in key order: the hash index never
-/// decides an order (it is seeded per process).
+/// commits, before every read of the store, so point lookups go through a hash index. Scans
+/// merge the write set's range with the store's, and the commit writes in key order, so the
+/// keys are also kept in order: one ordered index per PState (per group of keys sharing their
+/// first 4 bytes, the PState id of the layout), built the first time a scan or an
+/// iteration needs it and kept up to date after that. Most PStates a batch writes (outcomes,
+/// maps) are never scanned within it, so their keys are put in order once, by the commit,
+/// instead of one insert at a time by the batch. Iteration is always in key order: the hash
+/// index never decides an order (it is seeded per process).
 #[derive(Clone, Default)]
 pub struct WriteSet {
     values: HashMap<Arc<[u8]>, Option<Vec<u8>>, ahash::RandomState>,
-    order: BTreeSet<Arc<[u8]>>,
+    /// Group prefix (a key's first `ORDER_GROUP_BYTES` bytes, or the whole of a shorter key)
+    /// → the group's keys in order, once built. Groups partition the keys, and compare as
+    /// their keys do: every key of a group is below every key of a later group.
+    orders: BTreeMap<Box<[u8]>, GroupOrder>,
+}
+
+/// One group's keys in order, built when first needed.
+type GroupOrder = OnceLock<BTreeSet<Arc<[u8]>>>;
+
+/// Bytes of the prefix that groups a write set's keys for ordering: the PState id of the
+/// layout (`crate::layout`).
+const ORDER_GROUP_BYTES: usize = 4;
+
+fn order_group(key: &[u8]) -> &[u8] {
+    &key[..key.len().min(ORDER_GROUP_BYTES)]
 }
 
 impl WriteSet {
@@ -239,21 +257,44 @@ impl WriteSet {
             return;
         }
         let key: Arc<[u8]> = Arc::from(key);
-        self.order.insert(Arc::clone(&key));
+        match self.orders.get_mut(order_group(&key)) {
+            // Built already: keep it up to date. Not built: it will find the key when built.
+            Some(order) => {
+                if let Some(order) = order.get_mut() {
+                    order.insert(Arc::clone(&key));
+                }
+            }
+            None => {
+                self.orders
+                    .insert(order_group(&key).into(), OnceLock::new());
+            }
+        }
         self.values.insert(key, value);
+    }
+
+    /// The keys of the group `group` in order, building the index if it is not built yet.
+    fn order<'s>(&'s self, group: &[u8], order: &'s GroupOrder) -> &'s BTreeSet<Arc<[u8]>> {
+        order.get_or_init(|| {
+            self.values
+                .keys()
+                .filter(|key| order_group(key) == group)
+                .cloned()
+                .collect()
+        })
     }
 
     /// Every write, in key order.
     pub fn iter(&self) -> WriteSetIter<'_> {
         WriteSetIter {
             set: self,
-            keys: self.order.iter(),
+            groups: self.orders.iter(),
+            keys: None,
         }
     }
 
     /// The written keys, in order.
     pub fn keys(&self) -> impl Iterator<Item = &[u8]> + '_ {
-        self.order.iter().map(|key| &key[..])
+        self.iter().map(|(key, _)| key)
     }
 
     /// The writes with `from <= key < to`, in key order.
@@ -262,19 +303,29 @@ impl WriteSet {
         from: &[u8],
         to: &[u8],
     ) -> impl Iterator<Item = (&'s [u8], &'s Option<Vec<u8>>)> + 's {
-        let keys = if from < to {
-            Some(
-                self.order
-                    .range::<[u8], _>((Bound::Included(from), Bound::Excluded(to))),
-            )
-        } else {
-            None
-        };
-        keys.into_iter().flatten().map(move |key| self.entry(key))
+        let mut ranges = Vec::new();
+        if from < to {
+            // A group's keys are all at or above the group, so groups from `to` on are out;
+            // and all below `from` exactly when the group is below `from`'s group.
+            let from_group = order_group(from);
+            for (group, order) in self
+                .orders
+                .range::<[u8], _>((Bound::Unbounded, Bound::Excluded(to)))
+            {
+                if &group[..] < from_group {
+                    continue;
+                }
+                ranges.push(
+                    self.order(group, order)
+                        .range::<[u8], _>((Bound::Included(from), Bound::Excluded(to))),
+                );
+            }
+        }
+        ranges.into_iter().flatten().map(move |key| self.entry(key))
     }
 
     fn entry<'s>(&'s self, key: &'s Arc<[u8]>) -> (&'s [u8], &'s Option<Vec<u8>>) {
-        // `order` and `values` hold the same keys: `insert` is the only way in.
+        // `orders` and `values` hold the same keys: `insert` is the only way in.
         let value = self.values.get(&key[..]);
         debug_assert!(value.is_some(), "write set indexes disagree");
         (&key[..], value.unwrap_or(&None))
@@ -285,18 +336,21 @@ impl WriteSet {
 #[derive(Debug)]
 pub struct WriteSetIter<'a> {
     set: &'a WriteSet,
-    keys: std::collections::btree_set::Iter<'a, Arc<[u8]>>,
+    groups: std::collections::btree_map::Iter<'a, Box<[u8]>, GroupOrder>,
+    keys: Option<std::collections::btree_set::Iter<'a, Arc<[u8]>>>,
 }
 
 impl<'a> Iterator for WriteSetIter<'a> {
     type Item = (&'a [u8], &'a Option<Vec<u8>>);
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.keys.next().map(|key| self.set.entry(key))
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        self.keys.size_hint()
+        loop {
+            if let Some(key) = self.keys.as_mut().and_then(Iterator::next) {
+                return Some(self.set.entry(key));
+            }
+            let (group, order) = self.groups.next()?;
+            self.keys = Some(self.set.order(group, order).iter());
+        }
     }
 }
 
@@ -538,23 +592,43 @@ mod tests {
 
     proptest! {
         /// A write set answers like an ordered map of its last writes: lookups, order, ranges.
+        /// Keys run from empty to past the ordering group's prefix, over a small alphabet, so
+        /// groups hold one key (short keys) or many, and ranges start and end inside groups,
+        /// between them and across several; ranges are asked before, between and after the
+        /// writes, so that the order indexes are built early, late and in between.
         #[test]
         fn write_set_behaves_like_an_ordered_map(
             writes in prop::collection::vec(
-                (prop::collection::vec(0u8..4, 0..4), prop::option::of(any::<u8>())),
+                (prop::collection::vec(0u8..3, 0..7), prop::option::of(any::<u8>())),
                 0..60,
             ),
             probes in prop::collection::vec(
-                (prop::collection::vec(0u8..4, 0..4), prop::collection::vec(0u8..4, 0..4)),
+                (prop::collection::vec(0u8..3, 0..7), prop::collection::vec(0u8..3, 0..7)),
                 1..10,
             ),
+            probe_every in 1usize..20,
         ) {
             let mut set = WriteSet::new();
             let mut model: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
-            for (key, value) in writes {
+            for (i, (key, value)) in writes.into_iter().enumerate() {
                 let value = value.map(|v| vec![v]);
                 set.insert(key.clone(), value.clone());
                 model.insert(key, value);
+                if i % probe_every == 0 {
+                    let (a, b) = &probes[i % probes.len()];
+                    let expected: Vec<(&[u8], &Option<Vec<u8>>)> = if a < b {
+                        model
+                            .range::<[u8], _>((
+                                std::ops::Bound::Included(a.as_slice()),
+                                std::ops::Bound::Excluded(b.as_slice()),
+                            ))
+                            .map(|(k, v)| (k.as_slice(), v))
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
+                    prop_assert_eq!(set.range(a, b).collect::<Vec<_>>(), expected);
+                }
             }
             prop_assert_eq!(set.len(), model.len());
             prop_assert!(set
