@@ -203,7 +203,8 @@ pub struct CommitRecord {
 /// iteration needs it and kept up to date after that. Most PStates a batch writes (outcomes,
 /// maps) are never scanned within it, so their keys are put in order once, by the commit,
 /// instead of one insert at a time by the batch. Iteration is always in key order: the hash
-/// index never decides an order (it is seeded per process).
+/// index never decides an order (it is seeded per process); it is walked only to gather a
+/// group's keys into its ordered index, and by [`iter_unordered`](Self::iter_unordered).
 #[derive(Clone, Default)]
 pub struct WriteSet {
     values: HashMap<Arc<[u8]>, Option<Vec<u8>>, ahash::RandomState>,
@@ -283,13 +284,45 @@ impl WriteSet {
         })
     }
 
+    /// Builds every group's index not built yet, in one pass over the keys.
+    fn build_orders(&self) {
+        if self.orders.values().all(|order| order.get().is_some()) {
+            return;
+        }
+        let mut unbuilt: BTreeMap<&[u8], BTreeSet<Arc<[u8]>>> = BTreeMap::new();
+        for key in self.values.keys() {
+            let group = order_group(key);
+            if self
+                .orders
+                .get(group)
+                .is_some_and(|order| order.get().is_none())
+            {
+                unbuilt.entry(group).or_default().insert(Arc::clone(key));
+            }
+        }
+        for (group, keys) in unbuilt {
+            if let Some(order) = self.orders.get(group) {
+                // Another thread may have built it meanwhile, from the same keys.
+                let _ = order.set(keys);
+            }
+        }
+    }
+
     /// Every write, in key order.
     pub fn iter(&self) -> WriteSetIter<'_> {
+        self.build_orders();
         WriteSetIter {
             set: self,
             groups: self.orders.iter(),
             keys: None,
         }
+    }
+
+    /// Every write, in no particular order (the hash index's, seeded per process): for checks
+    /// and sums that do not depend on order, which then need no ordered index. Never for
+    /// anything whose output depends on order.
+    pub fn iter_unordered(&self) -> impl Iterator<Item = (&[u8], &Option<Vec<u8>>)> + '_ {
+        self.values.iter().map(|(key, value)| (&key[..], value))
     }
 
     /// The written keys, in order.
@@ -307,14 +340,10 @@ impl WriteSet {
         if from < to {
             // A group's keys are all at or above the group, so groups from `to` on are out;
             // and all below `from` exactly when the group is below `from`'s group.
-            let from_group = order_group(from);
             for (group, order) in self
                 .orders
-                .range::<[u8], _>((Bound::Unbounded, Bound::Excluded(to)))
+                .range::<[u8], _>((Bound::Included(order_group(from)), Bound::Excluded(to)))
             {
-                if &group[..] < from_group {
-                    continue;
-                }
                 ranges.push(
                     self.order(group, order)
                         .range::<[u8], _>((Bound::Included(from), Bound::Excluded(to))),
@@ -351,6 +380,10 @@ impl<'a> Iterator for WriteSetIter<'a> {
             let (group, order) = self.groups.next()?;
             self.keys = Some(self.set.order(group, order).iter());
         }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (0, Some(self.set.len()))
     }
 }
 
@@ -437,8 +470,8 @@ impl<'a> Overlaid<'a> {
     pub fn new(base: &'a dyn StateRead, pending: &'a [WriteSet]) -> Self {
         let keys_in_own_partition = pending.iter().enumerate().all(|(partition, writes)| {
             writes
-                .keys()
-                .all(|key| key_partition(key) == Some(partition as u32))
+                .iter_unordered()
+                .all(|(key, _)| key_partition(key) == Some(partition as u32))
         });
         Self {
             base,
@@ -590,6 +623,21 @@ mod tests {
             })
     }
 
+    /// The model's entries with `a <= key < b`, as a write set's range lists them.
+    fn model_range<'m>(
+        model: &'m BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+        a: &[u8],
+        b: &[u8],
+    ) -> Vec<(&'m [u8], &'m Option<Vec<u8>>)> {
+        if a >= b {
+            return Vec::new();
+        }
+        model
+            .range::<[u8], _>((std::ops::Bound::Included(a), std::ops::Bound::Excluded(b)))
+            .map(|(k, v)| (k.as_slice(), v))
+            .collect()
+    }
+
     proptest! {
         /// A write set answers like an ordered map of its last writes: lookups, order, ranges.
         /// Keys run from empty to past the ordering group's prefix, over a small alphabet, so
@@ -616,18 +664,7 @@ mod tests {
                 model.insert(key, value);
                 if i % probe_every == 0 {
                     let (a, b) = &probes[i % probes.len()];
-                    let expected: Vec<(&[u8], &Option<Vec<u8>>)> = if a < b {
-                        model
-                            .range::<[u8], _>((
-                                std::ops::Bound::Included(a.as_slice()),
-                                std::ops::Bound::Excluded(b.as_slice()),
-                            ))
-                            .map(|(k, v)| (k.as_slice(), v))
-                            .collect()
-                    } else {
-                        Vec::new()
-                    };
-                    prop_assert_eq!(set.range(a, b).collect::<Vec<_>>(), expected);
+                    prop_assert_eq!(set.range(a, b).collect::<Vec<_>>(), model_range(&model, a, b));
                 }
             }
             prop_assert_eq!(set.len(), model.len());
@@ -638,18 +675,7 @@ mod tests {
             for (a, b) in probes {
                 prop_assert_eq!(set.get(&a), model.get(&a));
                 prop_assert_eq!(set.contains_key(&a), model.contains_key(&a));
-                let expected: Vec<(&[u8], &Option<Vec<u8>>)> = if a < b {
-                    model
-                        .range::<[u8], _>((
-                            std::ops::Bound::Included(a.as_slice()),
-                            std::ops::Bound::Excluded(b.as_slice()),
-                        ))
-                        .map(|(k, v)| (k.as_slice(), v))
-                        .collect()
-                } else {
-                    Vec::new()
-                };
-                prop_assert_eq!(set.range(&a, &b).collect::<Vec<_>>(), expected);
+                prop_assert_eq!(set.range(&a, &b).collect::<Vec<_>>(), model_range(&model, &a, &b));
             }
         }
 

@@ -80,8 +80,9 @@ pub struct EngineOptions {
     /// cache of 32 MiB per column family); its size made no difference the machine's noise did
     /// not cover in the component scaling run at 1M components, from 32 to 256 MiB
     /// (BENCHMARKS.md): there, fetching the blocks it missed (from the operating system's
-    /// page cache) took about a tenth of the batch driver's time.
-    /// Memory grows with it, not with the state's size.
+    /// page cache) took about a tenth of the batch driver's time. The table files' index and
+    /// Bloom filter blocks are kept in memory outside it (RocksDB's defaults), and those grow
+    /// slowly with the state on disk.
     pub block_cache_bytes: usize,
     /// Faults to inject into durable writes (tests and simulations); `None` in production.
     pub storage_faults: Option<StorageFaults>,
@@ -1754,13 +1755,15 @@ fn prepare_batch(
 ) -> Result<Option<PreparedBatch>, Error> {
     let started = Instant::now();
     let name = state.topology.name();
+    // The poison first: a failed commit stops its topology too, and the caller should hear
+    // the cause (as `wait_for` does).
+    shared.poison.check()?;
     if let Some(reason) = &progress.stopped {
         return Err(Error::TopologyStopped {
             topology: name.to_string(),
             reason: reason.clone(),
         });
     }
-    shared.poison.check()?;
 
     let Some((input, consumed)) = plan_batch(shared, state, progress)? else {
         return Ok(None);
@@ -1854,7 +1857,7 @@ fn commit_batch(
     let writes: u64 = output_writes.iter().map(|w| w.len() as u64).sum();
     let write_bytes: u64 = output_writes
         .iter()
-        .flat_map(|w| w.iter())
+        .flat_map(|w| w.iter_unordered())
         .map(|(k, v)| (k.len() + v.as_ref().map_or(0, Vec::len)) as u64)
         .sum();
 

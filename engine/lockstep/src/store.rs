@@ -84,8 +84,8 @@ impl std::fmt::Debug for RocksStore {
 
 impl RocksStore {
     /// Opens (or creates) the database at `path`. `block_cache_bytes` sizes the one cache of
-    /// uncompressed table blocks that every column family shares (RocksDB would otherwise give
-    /// each its own 32 MiB).
+    /// uncompressed table blocks that the three column families share (RocksDB would otherwise
+    /// give each its own 32 MiB).
     pub(crate) fn open(path: &Path, block_cache_bytes: usize) -> Result<Self, StoreError> {
         let block_cache = Cache::new_lru_cache(block_cache_bytes);
         let mut options = Options::default();

@@ -99,6 +99,41 @@ fn panic_while_committing(dir: &Path, failpoint: &str, path: CommitPath) {
     };
     fail::remove(failpoint);
     assert_poisoned_by_panic(&engine, &ledger, &err, &case);
+    match path {
+        CommitPath::Committer => {
+            // The failed commit stops the topology too; once it has, callers still hear the
+            // poison, the cause, rather than the stop.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while engine
+                .topology_failure(TOPOLOGY)
+                .expect("topology")
+                .is_none()
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "{case}: the topology never stopped"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let waited = engine.wait_for(TOPOLOGY, last, Duration::ZERO);
+            assert!(
+                matches!(waited, Err(Error::Poisoned { .. })),
+                "{case}: {waited:?}"
+            );
+            let processed = engine.processed(TOPOLOGY, last);
+            assert!(
+                matches!(processed, Err(Error::Poisoned { .. })),
+                "{case}: {processed:?}"
+            );
+        }
+        CommitPath::RunBatch | CommitPath::HeldBatch => {
+            let again = engine.run_batch(TOPOLOGY);
+            assert!(
+                matches!(again, Err(Error::Poisoned { .. })),
+                "{case}: {again:?}"
+            );
+        }
+    }
     let visible = read_state(&engine, &ledger);
     if failpoint == failpoints::COMMIT_BEFORE_WRITE {
         assert_eq!(visible, before, "{case}: visible after the panic");
@@ -114,6 +149,10 @@ fn panic_while_committing(dir: &Path, failpoint: &str, path: CommitPath) {
                 .expect("redone after reopen");
         }
         CommitPath::RunBatch | CommitPath::HeldBatch => {
+            // Redone (the panic came before the write) or found committed (after it).
+            let committed = engine.committed(TOPOLOGY).expect("committed").batch_id;
+            let expected = u64::from(failpoint == failpoints::COMMIT_AFTER_WRITE);
+            assert_eq!(committed, expected, "{case}: committed after reopen");
             engine.run_until_idle().expect("drain");
         }
     }

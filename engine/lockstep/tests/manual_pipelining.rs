@@ -254,6 +254,9 @@ fn a_failing_handler_lets_the_held_batch_commit_then_stops_the_topology() {
                 assert!(matches!(error, Error::Poisoned { .. }), "{error}");
                 assert!(failure.contains("failed to commit"), "{failure}");
                 assert_eq!(committed, 0);
+                // Stopped and poisoned: later calls hear the poison, the cause.
+                let again = engine.execute_batch("pill");
+                assert!(matches!(again, Err(Error::Poisoned { .. })), "{again:?}");
             }
         }
     }
