@@ -77,8 +77,8 @@ pub struct EngineOptions {
     /// page cache, which this does not count.
     ///
     /// 64 MiB by default. One cache for all bounds what RocksDB's defaults would spend (a
-    /// cache of 32 MiB per column family); its size made no difference the machine's noise did
-    /// not cover in the component scaling run at 1M components, from 32 to 256 MiB
+    /// cache of 32 MiB per column family); its size made no difference beyond the machine's
+    /// noise in the component scaling run at 1M components, from 32 to 256 MiB
     /// (BENCHMARKS.md): there, fetching the blocks it missed (from the operating system's
     /// page cache) took about a tenth of the batch driver's time. The table files' index and
     /// Bloom filter blocks are kept in memory outside it (RocksDB's defaults), and those grow
