@@ -658,7 +658,14 @@ mod tests {
         ) {
             let mut set = WriteSet::new();
             let mut model: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
+            // A copy taken halfway, with some indexes built and some not, must stay as it was
+            // while the original takes more writes.
+            let halfway = writes.len() / 2;
+            let mut copy = None;
             for (i, (key, value)) in writes.into_iter().enumerate() {
+                if i == halfway {
+                    copy = Some((set.clone(), model.clone()));
+                }
                 let value = value.map(|v| vec![v]);
                 set.insert(key.clone(), value.clone());
                 model.insert(key, value);
@@ -666,6 +673,12 @@ mod tests {
                     let (a, b) = &probes[i % probes.len()];
                     prop_assert_eq!(set.range(a, b).collect::<Vec<_>>(), model_range(&model, a, b));
                 }
+                if i % (2 * probe_every) == 1 {
+                    prop_assert!(set.iter().eq(model.iter().map(|(k, v)| (k.as_slice(), v))));
+                }
+            }
+            if let Some((copy, model_then)) = copy {
+                prop_assert!(copy.iter().eq(model_then.iter().map(|(k, v)| (k.as_slice(), v))));
             }
             prop_assert_eq!(set.len(), model.len());
             prop_assert!(set
