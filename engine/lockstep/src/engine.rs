@@ -1002,11 +1002,7 @@ impl Engine {
     pub fn commit_held_batch(&self, topology: &str) -> Result<Option<BatchSummary>, Error> {
         let state = self.manual_topology(topology)?;
         let _serial = lock(&state.run_lock);
-        let held = lock(&state.held).take();
-        match held {
-            Some(held) => commit_or_poison(&self.shared, &state, held).map(Some),
-            None => Ok(None),
-        }
+        commit_held(&self.shared, &state)
     }
 
     fn manual_topology(&self, topology: &str) -> Result<Arc<TopologyState>, Error> {
@@ -1548,6 +1544,14 @@ fn commit_or_poison(
     })
 }
 
+/// Commits the batch [`Engine::execute_batch`] holds for `state`, if any. The caller holds
+/// the topology's `run_lock`.
+fn commit_held(shared: &Shared, state: &TopologyState) -> Result<Option<BatchSummary>, Error> {
+    let held = lock(&state.held).take();
+    held.map(|held| commit_or_poison(shared, state, held))
+        .transpose()
+}
+
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<&str>()
@@ -1926,10 +1930,7 @@ fn commit_batch(
 /// input.
 fn run_one_batch(shared: &Shared, state: &TopologyState) -> Result<Option<BatchSummary>, Error> {
     let _serial = lock(&state.run_lock);
-    let held = lock(&state.held).take();
-    if let Some(held) = held {
-        commit_or_poison(shared, state, held)?;
-    }
+    commit_held(shared, state)?;
     let progress = lock(&state.progress).clone();
     match prepare_batch(shared, state, &progress, None) {
         Ok(Some(prepared)) => commit_or_poison(shared, state, prepared).map(Some),

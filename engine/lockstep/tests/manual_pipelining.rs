@@ -55,6 +55,17 @@ fn executed_batches_commit_in_order_and_read_the_held_batch() {
     }
 }
 
+/// Runs batches until idle, checks that every op of `ops` is then applied, exactly once, and
+/// returns how many batches committed.
+fn drain_applies_every_op(engine: &Engine, ledger: &Ledger, ops: &[Op]) -> u64 {
+    let committed = engine.run_until_idle().expect("idle");
+    assert_eq!(
+        assert_visible_is_committed_prefix(engine, ledger, ops),
+        ops.len()
+    );
+    committed
+}
+
 fn committed_id(engine: &Engine) -> u64 {
     engine.committed(TOPOLOGY).expect("committed").batch_id
 }
@@ -125,15 +136,11 @@ fn steps_in_every_mix(state_cache_bytes_max: usize) {
         assert_visible_is_committed_prefix(&engine, &ledger, &ops);
     }
     let before = committed_id(&engine);
-    let committed = engine.run_until_idle().expect("idle");
+    let committed = drain_applies_every_op(&engine, &ledger, &ops);
     assert_eq!(
         committed_id(&engine),
         before + committed,
         "run_until_idle counts the held batch"
-    );
-    assert_eq!(
-        assert_visible_is_committed_prefix(&engine, &ledger, &ops),
-        ops.len()
     );
     let stats = engine.stats(TOPOLOGY).expect("stats");
     assert!(
@@ -165,11 +172,7 @@ fn closing_discards_the_held_batch_and_its_records_run_again() {
     let engine = open(dir.path(), &ledger, options(&faults)).expect("reopen");
     assert_eq!(committed_id(&engine), 1, "the held batch was never written");
     assert_visible_is_committed_prefix(&engine, &ledger, &ops);
-    engine.run_until_idle().expect("idle");
-    assert_eq!(
-        assert_visible_is_committed_prefix(&engine, &ledger, &ops),
-        ops.len()
-    );
+    drain_applies_every_op(&engine, &ledger, &ops);
 }
 
 #[test]
@@ -316,12 +319,8 @@ fn a_failed_commit_of_the_held_batch_drops_the_batch_executed_behind_it() {
         assert_eq!(recovered, expected, "{fault:?}: batches durable at reopen");
         assert_visible_is_committed_prefix(&engine, &ledger, &ops);
         engine.append_many(&ledger.ops, &ops[20..]).expect("append");
-        engine.run_until_idle().expect("idle");
         // Every record applied exactly once, whichever side of the failure it was on.
-        assert_eq!(
-            assert_visible_is_committed_prefix(&engine, &ledger, &ops),
-            ops.len()
-        );
+        drain_applies_every_op(&engine, &ledger, &ops);
     }
 }
 
