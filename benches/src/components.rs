@@ -3,13 +3,14 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use lockstep::{Engine, EngineOptions};
+use lockstep::{DepotRetention, Engine, EngineOptions};
 use lockstep_topologies::components::{components, Components};
 
 /// Opens the engine in `dir` with the component topology on `partitions` partitions and the
 /// default options (automatic batches, the default batch caps). To measure what a cache is
 /// worth: `LOCKSTEP_STATE_CACHE_MIB` sets the state cache's size (0 turns it off), and
-/// `LOCKSTEP_BLOCK_CACHE_MIB` RocksDB's block cache.
+/// `LOCKSTEP_BLOCK_CACHE_MIB` RocksDB's block cache. `LOCKSTEP_KEEP_DEPOT_RECORDS` turns depot
+/// retention on, keeping that many records per partition.
 pub fn open_lockstep(dir: &Path, partitions: u32) -> anyhow::Result<(Arc<Engine>, Components)> {
     let handles = components(partitions)?;
     let mut options = EngineOptions::default();
@@ -18,6 +19,11 @@ pub fn open_lockstep(dir: &Path, partitions: u32) -> anyhow::Result<(Arc<Engine>
     }
     if let Some(mib) = env_mib("LOCKSTEP_BLOCK_CACHE_MIB")? {
         options.block_cache_bytes = mib << 20;
+    }
+    if let Some(keep) = env_number("LOCKSTEP_KEEP_DEPOT_RECORDS")? {
+        let mut retention = DepotRetention::default();
+        retention.keep_records_min = keep as u64;
+        options.depot_retention = Some(retention);
     }
     let engine = Engine::builder(dir)
         .options(options)
@@ -29,6 +35,11 @@ pub fn open_lockstep(dir: &Path, partitions: u32) -> anyhow::Result<(Arc<Engine>
 
 /// A size in MiB from the environment variable `name`, if it is set.
 fn env_mib(name: &str) -> anyhow::Result<Option<usize>> {
+    env_number(name)
+}
+
+/// A number from the environment variable `name`, if it is set.
+fn env_number(name: &str) -> anyhow::Result<Option<usize>> {
     match std::env::var(name) {
         Err(_) => Ok(None),
         Ok(mib) => mib

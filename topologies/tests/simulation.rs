@@ -282,6 +282,10 @@ fn graph_stays_reciprocally_consistent_through_interleavings_crashes_and_failed_
     let summary = check_seeds(&target, SimConfig::default(), SEEDS_DEFAULT);
     assert!(summary.faults_fired > 0, "no fault fired: {summary}");
     assert!(summary.records_checked > 0, "nothing processed: {summary}");
+    assert!(
+        summary.records_trimmed > 0,
+        "retention never trimmed: {summary}"
+    );
 }
 
 #[test]
@@ -294,6 +298,10 @@ fn components_survive_interleavings_crashes_and_failed_fsyncs() {
     assert!(summary.faults_fired > 0, "no fault fired: {summary}");
     assert!(summary.restarts > 0, "no restart: {summary}");
     assert!(summary.records_checked > 0, "nothing processed: {summary}");
+    assert!(
+        summary.records_trimmed > 0,
+        "retention never trimmed: {summary}"
+    );
 }
 
 #[test]
@@ -304,6 +312,10 @@ fn counter_survives_interleavings_crashes_and_failed_fsyncs() {
     let summary = check_seeds(&target, SimConfig::default(), SEEDS_DEFAULT);
     assert!(summary.faults_fired > 0, "no fault fired: {summary}");
     assert!(summary.records_checked > 0, "nothing processed: {summary}");
+    assert!(
+        summary.records_trimmed > 0,
+        "retention never trimmed: {summary}"
+    );
 }
 
 #[test]

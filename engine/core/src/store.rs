@@ -43,6 +43,22 @@ pub enum StoreError {
     /// A failpoint fired (tests only).
     #[error("injected failure at failpoint {0}")]
     Injected(&'static str),
+    /// A read asked for depot records that retention has deleted. A refusal, not a failure:
+    /// nothing is wrong with the store, and the partition can be read from
+    /// `first_kept_offset`.
+    #[error(
+        "depot {depot_id} partition {partition}: offset {from_offset} was trimmed; the first kept offset is {first_kept_offset}"
+    )]
+    Trimmed {
+        /// Catalog id of the depot.
+        depot_id: u32,
+        /// Partition within the depot.
+        partition: u32,
+        /// Where the read asked to start.
+        from_offset: u64,
+        /// The partition's first record that is still stored.
+        first_kept_offset: u64,
+    },
 }
 
 /// Reads of committed state, by laid-out key.
@@ -119,6 +135,19 @@ pub struct ProducerState {
     pub digest: u64,
 }
 
+/// Deletes a depot partition's records below `first_kept_offset` (retention): written with an
+/// append group, so the deletion and the record of where the partition now starts are durable
+/// together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DepotTrim {
+    /// Catalog id of the depot.
+    pub depot_id: u32,
+    /// Partition within the depot.
+    pub partition: u32,
+    /// Every record below this offset is deleted; this one and later are kept.
+    pub first_kept_offset: u64,
+}
+
 /// The digest that identifies one append call's content: its depot and every record's
 /// partition and bytes, in order.
 pub fn append_digest<'a>(depot_id: u32, records: impl IntoIterator<Item = (u32, &'a [u8])>) -> u64 {
@@ -135,17 +164,23 @@ pub fn append_digest<'a>(depot_id: u32, records: impl IntoIterator<Item = (u32, 
 /// The depot log.
 ///
 /// Contract:
-/// - `append` writes all entries of one call, and the producer states given with them,
-///   atomically and durably: when it returns `Ok`, every entry survives a crash or power loss;
-///   when it returns `Err`, any subset may have survived (the caller must not acknowledge any of
-///   them and must stop writing: poison). `load_producers` returns the latest state written
-///   for each producer.
+/// - `append` writes all entries of one call, the producer states and the trims given with
+///   them, atomically and durably: when it returns `Ok`, every entry survives a crash or power
+///   loss; when it returns `Err`, any subset may have survived (the caller must not acknowledge
+///   any of them and must stop writing: poison). `load_producers` returns the latest state
+///   written for each producer.
+/// - A trim deletes a prefix of its partition, and `first_kept_offset` returns where the
+///   partition starts after the last durable trim (0 if it was never trimmed). A trim never
+///   moves a partition's start back, and the caller never trims a partition's last record,
+///   so `next_offset` and `max_seq` stay exact.
 /// - Offsets within a partition are dense and increasing; the caller assigns them and never
 ///   reuses one. The log does not reorder. Each entry keeps the global sequence number the
 ///   caller gave it (strictly increasing in append order across the whole log).
 /// - `read` returns entries in offset order, starting at `from_offset`, stopping before
 ///   `records_max` entries or once `bytes_max` is reached (always at least one entry if any
-///   exists, so one large record cannot stall a partition).
+///   exists, so one large record cannot stall a partition). A read from below the
+///   partition's first kept offset is refused with [`StoreError::Trimmed`]; any other gap in
+///   the offsets is corruption.
 /// - `next_offset` is one past the last durable entry of a partition (0 when empty), and
 ///   `max_seq` the largest sequence number of any durable entry of any depot; both are only
 ///   called while no append is in flight (at open).
@@ -155,6 +190,7 @@ pub trait DepotLog: Send + Sync {
         &self,
         entries: &[DepotEntry<'_>],
         producers: &[ProducerState],
+        trims: &[DepotTrim],
     ) -> Result<(), StoreError>;
     /// Every producer's last written state.
     fn load_producers(&self) -> Result<Vec<ProducerState>, StoreError>;
@@ -169,6 +205,8 @@ pub trait DepotLog: Send + Sync {
     ) -> Result<Vec<DepotRecord>, StoreError>;
     /// One past the last durable offset of a partition.
     fn next_offset(&self, depot_id: u32, partition: u32) -> Result<u64, StoreError>;
+    /// The first offset of a partition that is still stored (0 if it was never trimmed).
+    fn first_kept_offset(&self, depot_id: u32, partition: u32) -> Result<u64, StoreError>;
     /// The largest sequence number in the whole log (`None` when it is empty).
     fn max_seq(&self) -> Result<Option<u64>, StoreError>;
 }

@@ -1,6 +1,6 @@
 //! The engine: opens the data directory, recovers, and runs the appender and the batch drivers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard};
@@ -11,7 +11,7 @@ use crossbeam_channel::{Receiver, Sender};
 use lockstep_core::exec::{BatchInput, InputRecord, ResolvedIds};
 use lockstep_core::store::{
     append_digest, BatchCommit, CommitRecord, CommitStore, ConsumedOffset, DepotEntry, DepotLog,
-    Entry, Overlaid, ProducerState, StateRead, StoreError,
+    DepotTrim, Entry, Overlaid, ProducerState, StateRead, StoreError,
 };
 use lockstep_core::{
     decode_envelope, Depot, DepotSpec, PStateSpec, RecordId, SchemaError, Topology,
@@ -38,6 +38,36 @@ pub enum BatchDriving {
     /// Batches run only when the caller runs them: [`Engine::run_batch`], or its two halves
     /// [`Engine::execute_batch`] and [`Engine::commit_held_batch`] (tests, simulations, replays).
     Manual,
+}
+
+/// Whether depot records are deleted once every topology that consumes them has committed
+/// past them ([`EngineOptions::depot_retention`]).
+///
+/// A depot partition is trimmed below the lowest offset any of its consuming topologies has
+/// yet to commit (topologies declared in this run, and those the data directory has commit
+/// records of, declared or not), keeping at least its `keep_records_min` newest records and
+/// always its last one. A depot no topology consumes is never trimmed. The deletion is written
+/// with a depot append, so it costs no synced write of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DepotRetention {
+    /// Newest records of each partition kept even once consumed (at least one is always kept:
+    /// the last record is where the engine finds the partition's next offset at open).
+    pub keep_records_min: u64,
+    /// A partition is trimmed only when at least this many more of its records can go. Each
+    /// trim is one range deletion, which reads of the partition step over until compaction
+    /// drops it, so trims are kept few; a partition holds up to this many consumed records
+    /// beyond `keep_records_min`.
+    pub trim_step_records: u64,
+}
+
+impl Default for DepotRetention {
+    fn default() -> Self {
+        Self {
+            keep_records_min: 100_000,
+            trim_step_records: 16_384,
+        }
+    }
 }
 
 /// [`EngineOptions::block_cache_bytes`] by default.
@@ -84,6 +114,14 @@ pub struct EngineOptions {
     /// Bloom filter blocks are kept in memory outside it (RocksDB's defaults), and those grow
     /// slowly with the state on disk.
     pub block_cache_bytes: usize,
+    /// Whether consumed depot records are deleted (`None`, the default: every record is kept,
+    /// so a topology added later, or a replay, can read a depot from its start).
+    ///
+    /// With retention, a topology declared for the first time starts at each partition's
+    /// first kept record; records trimmed before it existed count as processed for it (by
+    /// [`Engine::processed`] and [`Engine::wait_for`]), and reading them with
+    /// [`Engine::read_depot`] is refused with [`Error::DepotTrimmed`].
+    pub depot_retention: Option<DepotRetention>,
     /// Faults to inject into durable writes (tests and simulations); `None` in production.
     pub storage_faults: Option<StorageFaults>,
 }
@@ -99,6 +137,7 @@ impl Default for EngineOptions {
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             state_cache_bytes_max: 0,
             block_cache_bytes: BLOCK_CACHE_BYTES_DEFAULT,
+            depot_retention: None,
             storage_faults: None,
         }
     }
@@ -264,6 +303,9 @@ pub(crate) struct DepotState {
     /// One past the last acknowledged (durable) offset, per partition. Written only by the
     /// appender, after the write is durable.
     heads: Vec<AtomicU64>,
+    /// Each partition's first stored offset when the engine opened (0 unless retention
+    /// trimmed it): where a topology that never committed starts.
+    first_kept_at_open: Vec<u64>,
 }
 
 impl std::fmt::Debug for DepotState {
@@ -315,6 +357,10 @@ pub struct AppendStats {
     pub write_bytes: u64,
     /// Time spent in synced append writes.
     pub write_time_us: u64,
+    /// Depot partitions trimmed by retention (range deletions written with the appends).
+    pub trims: u64,
+    /// Records those trims deleted.
+    pub records_trimmed: u64,
 }
 
 /// Totals over the batches a topology committed since the engine opened.
@@ -373,6 +419,10 @@ pub(crate) struct Shared {
     /// sees every head up to it.
     durable_seq: AtomicU64,
     append_stats: Mutex<AppendStats>,
+    /// `(depot id, partition)` → the lowest offset that stored commit records of topologies
+    /// not declared in this run (or of depots a declared topology no longer consumes) have yet
+    /// to consume: retention keeps those records for them.
+    retention_floors: BTreeMap<(u32, u32), u64>,
 }
 
 impl Shared {
@@ -596,8 +646,10 @@ impl Engine {
             let spec = declared.spec;
             let id = catalog.depots[&spec.name];
             let mut heads = Vec::with_capacity(spec.partitions as usize);
+            let mut first_kept_at_open = Vec::with_capacity(spec.partitions as usize);
             for partition in 0..spec.partitions {
                 heads.push(AtomicU64::new(store.next_offset(id, partition)?));
+                first_kept_at_open.push(store.first_kept_offset(id, partition)?);
             }
             depots.insert(
                 spec.name.clone(),
@@ -606,6 +658,7 @@ impl Engine {
                     id,
                     route_encoded: declared.route_encoded,
                     heads,
+                    first_kept_at_open,
                 }),
             );
         }
@@ -661,11 +714,32 @@ impl Engine {
             StoreError::Injected(failpoints::RECOVERY_BEFORE_START)
         )));
 
+        // Offsets stored for topologies not declared now, or for depots a declared topology
+        // no longer consumes, hold retention back for the whole run: a topology that returns
+        // must find its records.
+        let declared_inputs: BTreeMap<u32, BTreeSet<u32>> = topologies
+            .values()
+            .map(|t| (t.id, t.inputs.iter().map(|d| d.id).collect()))
+            .collect();
+        let mut retention_floors: BTreeMap<(u32, u32), u64> = BTreeMap::new();
+        for (topology_id, record) in store.commit_records()? {
+            let inputs = declared_inputs.get(&topology_id);
+            for offset in record.offsets {
+                if inputs.is_some_and(|inputs| inputs.contains(&offset.depot_id)) {
+                    continue;
+                }
+                let floor = retention_floors
+                    .entry((offset.depot_id, offset.partition))
+                    .or_insert(offset.next_offset);
+                *floor = (*floor).min(offset.next_offset);
+            }
+        }
         let next_seq = store.max_seq()?.map_or(0, |max| max + 1);
         let state_cache = StateCache::new(builder.options.state_cache_bytes_max);
         let shared = Arc::new(Shared {
             durable_seq: AtomicU64::new(next_seq),
             append_stats: Mutex::new(AppendStats::default()),
+            retention_floors,
             store,
             options: builder.options,
             poison: Poison::default(),
@@ -1126,8 +1200,27 @@ impl Engine {
             .ok_or_else(|| Error::UnknownDepot(format!("{} partition {partition}", depot.name())))
     }
 
+    /// The first offset of a depot partition whose record is still stored: 0 unless
+    /// [retention](EngineOptions::depot_retention) has trimmed the partition.
+    pub fn depot_first_kept_offset<T>(
+        &self,
+        depot: &Depot<T>,
+        partition: u32,
+    ) -> Result<u64, Error> {
+        let state = self.shared.depot(depot.spec())?;
+        if partition >= depot.spec().partitions {
+            return Err(Error::UnknownDepot(format!(
+                "{} partition {partition}",
+                depot.name()
+            )));
+        }
+        Ok(self.shared.store.first_kept_offset(state.id, partition)?)
+    }
+
     /// Reads up to `limit` acknowledged records of a depot partition from `from_offset`,
-    /// checking each one's checksum and type.
+    /// checking each one's checksum and type. Records that
+    /// [retention](EngineOptions::depot_retention) has deleted are refused
+    /// ([`Error::DepotTrimmed`]), never skipped.
     pub fn read_depot<T: DeserializeOwned>(
         &self,
         depot: &Depot<T>,
@@ -1154,11 +1247,28 @@ impl Engine {
     ) -> Result<Vec<LoggedRecord<T>>, Error> {
         let state = self.shared.depot(depot.spec())?;
         let head = self.depot_next_offset(depot, partition)?;
+        let trimmed = |first_kept_offset| Error::DepotTrimmed {
+            depot: depot.name().to_string(),
+            partition,
+            from_offset,
+            first_kept_offset,
+        };
+        let first_kept_offset = self.shared.store.first_kept_offset(state.id, partition)?;
+        if from_offset < first_kept_offset {
+            return Err(trimmed(first_kept_offset));
+        }
         let wanted = head.saturating_sub(from_offset).min(limit as u64) as usize;
-        let raw = self
+        // A trim between the check above and this read is found by the read itself.
+        let raw = match self
             .shared
             .store
-            .read(state.id, partition, from_offset, wanted, usize::MAX)?;
+            .read(state.id, partition, from_offset, wanted, usize::MAX)
+        {
+            Err(StoreError::Trimmed {
+                first_kept_offset, ..
+            }) => return Err(trimmed(first_kept_offset)),
+            other => other?,
+        };
         raw.into_iter()
             .map(|stored| {
                 let id = RecordId {
@@ -1243,7 +1353,9 @@ fn spawn_error(e: std::io::Error) -> Error {
 }
 
 /// Turns a stored commit record into per-input consumed offsets, checking it against the
-/// durable depot heads: a commit can never have consumed records that are not durable.
+/// durable depot heads: a commit can never have consumed records that are not durable, nor
+/// records retention has deleted. A partition the record does not name (a new topology, or a
+/// depot it newly consumes) starts at its first kept record.
 fn recover_progress(
     topology: &str,
     inputs: &[Arc<DepotState>],
@@ -1251,7 +1363,7 @@ fn recover_progress(
 ) -> Result<Progress, Error> {
     let mut consumed: Vec<Vec<u64>> = inputs
         .iter()
-        .map(|d| vec![0; d.spec.partitions as usize])
+        .map(|d| d.first_kept_at_open.clone())
         .collect();
     for offset in &record.offsets {
         // A depot the topology no longer consumes keeps its offsets in the record but plays no
@@ -1271,6 +1383,14 @@ fn recover_progress(
             return Err(StoreError::Corruption(format!(
                 "topology {topology:?} committed offset {} of depot {} partition {} but the depot ends at {head}",
                 offset.next_offset, offset.depot_id, offset.partition
+            ))
+            .into());
+        }
+        // `slot` holds the partition's first kept offset until now.
+        if offset.next_offset < *slot {
+            return Err(StoreError::Corruption(format!(
+                "topology {topology:?} has consumed depot {} partition {} only up to offset {}, but records up to {} were trimmed",
+                offset.depot_id, offset.partition, offset.next_offset, *slot
             ))
             .into());
         }
@@ -1297,6 +1417,16 @@ fn run_appender(
         .map(|d| {
             let heads = d.heads.iter().map(|h| h.load(Ordering::Acquire)).collect();
             (d.id, heads)
+        })
+        .collect();
+    let mut first_kept: BTreeMap<(u32, u32), u64> = shared
+        .depots
+        .values()
+        .flat_map(|d| {
+            d.first_kept_at_open
+                .iter()
+                .enumerate()
+                .map(|(partition, kept)| ((d.id, partition as u32), *kept))
         })
         .collect();
     while let Ok(first) = requests.recv() {
@@ -1397,12 +1527,18 @@ fn run_appender(
             })
             .collect();
         let nothing_to_write = entries.is_empty() && marks.is_empty();
+        let trims = match shared.options.depot_retention {
+            Some(retention) if !nothing_to_write => {
+                plan_trims(shared, &retention, &next_offsets, &first_kept)
+            }
+            _ => Vec::new(),
+        };
         let write_started = Instant::now();
         let written = if nothing_to_write {
             Ok(())
         } else {
             match shared.poison.admit() {
-                Ok(_gate) => write_group(shared, &entries, &marks).map_err(Error::from),
+                Ok(_gate) => write_group(shared, &entries, &marks, &trims).map_err(Error::from),
                 Err(poisoned) => Err(poisoned),
             }
         };
@@ -1412,6 +1548,14 @@ fn run_appender(
             stats.records += entries.len() as u64;
             stats.write_bytes += entries.iter().map(depot_entry_bytes).sum::<u64>();
             stats.write_time_us += write_started.elapsed().as_micros() as u64;
+            for trim in &trims {
+                let kept = first_kept
+                    .entry((trim.depot_id, trim.partition))
+                    .or_default();
+                stats.trims += 1;
+                stats.records_trimmed += trim.first_kept_offset - *kept;
+                *kept = trim.first_kept_offset;
+            }
         }
         drop(entries);
         match written {
@@ -1455,10 +1599,58 @@ fn run_appender(
     }
 }
 
+/// The trims retention allows now: each consumed depot partition down to the lowest offset a
+/// consuming topology has yet to commit (its published progress: what is durable), keeping
+/// the newest `keep_records_min` records and always the last, once at least
+/// `trim_step_records` can go. `heads` are the next offsets after the group being written,
+/// whose records are written with the trims.
+fn plan_trims(
+    shared: &Shared,
+    retention: &DepotRetention,
+    heads: &BTreeMap<u32, Vec<u64>>,
+    first_kept: &BTreeMap<(u32, u32), u64>,
+) -> Vec<DepotTrim> {
+    let mut floors = shared.retention_floors.clone();
+    for topology in shared.topologies.values() {
+        let progress = lock(&topology.progress);
+        for (depot, consumed) in topology.inputs.iter().zip(&progress.consumed) {
+            for (partition, next_offset) in consumed.iter().enumerate() {
+                let floor = floors
+                    .entry((depot.id, partition as u32))
+                    .or_insert(*next_offset);
+                *floor = (*floor).min(*next_offset);
+            }
+        }
+    }
+    let keep = retention.keep_records_min.max(1);
+    let step = retention.trim_step_records.max(1);
+    let mut trims = Vec::new();
+    for ((depot_id, partition), floor) in floors {
+        // Only depots declared in this run are appended to, and so trimmed.
+        let Some(head) = heads
+            .get(&depot_id)
+            .and_then(|heads| heads.get(partition as usize))
+        else {
+            continue;
+        };
+        let first_kept_offset = floor.min(head.saturating_sub(keep));
+        let kept = first_kept.get(&(depot_id, partition)).copied().unwrap_or(0);
+        if first_kept_offset >= kept.saturating_add(step) {
+            trims.push(DepotTrim {
+                depot_id,
+                partition,
+                first_kept_offset,
+            });
+        }
+    }
+    trims
+}
+
 fn write_group(
     shared: &Shared,
     entries: &[DepotEntry<'_>],
     producers: &[ProducerState],
+    trims: &[DepotTrim],
 ) -> Result<(), StoreError> {
     fail::fail_point!(failpoints::APPEND_BEFORE_WRITE, |_| Err(
         StoreError::Injected(failpoints::APPEND_BEFORE_WRITE)
@@ -1467,7 +1659,7 @@ fn write_group(
         shared.options.storage_faults.as_ref(),
         DurableWrite::Append,
         "depot append",
-        || shared.store.append(entries, producers),
+        || shared.store.append(entries, producers, trims),
     )?;
     fail::fail_point!(failpoints::APPEND_AFTER_WRITE, |_| Err(
         StoreError::Injected(failpoints::APPEND_AFTER_WRITE)

@@ -123,6 +123,20 @@ pub enum Error {
         /// The reused call number.
         sequence: u64,
     },
+    /// A depot read asked for records that retention has deleted
+    /// ([`EngineOptions::depot_retention`](crate::EngineOptions::depot_retention)); nothing is
+    /// wrong, and the partition can be read from `first_kept_offset`.
+    #[error("depot {depot:?} partition {partition}: offset {from_offset} was trimmed by retention; the first kept offset is {first_kept_offset}")]
+    DepotTrimmed {
+        /// The depot.
+        depot: String,
+        /// The partition.
+        partition: u32,
+        /// Where the read asked to start.
+        from_offset: u64,
+        /// The partition's first record still stored.
+        first_kept_offset: u64,
+    },
     /// `run_batch`, `execute_batch` or `commit_held_batch` in automatic mode, where the engine
     /// runs batches itself.
     #[error("run_batch, execute_batch and commit_held_batch need BatchDriving::Manual; this engine runs batches itself")]

@@ -57,8 +57,8 @@ mod snapshot;
 mod store;
 
 pub use engine::{
-    failpoints, AppendStats, BatchDriving, BatchSummary, Engine, EngineBuilder, EngineOptions,
-    LoggedRecord, TopologyStats,
+    failpoints, AppendStats, BatchDriving, BatchSummary, DepotRetention, Engine, EngineBuilder,
+    EngineOptions, LoggedRecord, TopologyStats,
 };
 pub use error::Error;
 pub use faults::{DurableWrite, StorageFaults, WriteFault};

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use lockstep_core::store::{
-    BatchCommit, CommitRecord, CommitStore, DepotEntry, DepotLog, DepotRecord, Entry,
+    BatchCommit, CommitRecord, CommitStore, DepotEntry, DepotLog, DepotRecord, DepotTrim, Entry,
     ProducerState, StateRead, StoreError,
 };
 use lockstep_core::{decode_envelope, encode_envelope};
@@ -50,6 +50,18 @@ pub(crate) fn depot_entry_bytes(entry: &DepotEntry<'_>) -> u64 {
 
 const PRODUCER_PREFIX: &[u8] = b"producer/";
 
+const TRIM_PREFIX: &[u8] = b"trim/";
+
+/// Where a trimmed depot partition's kept records start: `trim/[depot id u32 BE][partition
+/// u32 BE]` in `meta`, written with the trim's deletion.
+fn trim_key(depot_id: u32, partition: u32) -> Vec<u8> {
+    let mut key = TRIM_PREFIX.to_vec();
+    key.extend_from_slice(&depot_key(depot_id, partition, 0)[..8]);
+    key
+}
+
+const COMMIT_PREFIX: &[u8] = b"commit/";
+
 fn producer_key(producer: u64) -> Vec<u8> {
     let mut key = PRODUCER_PREFIX.to_vec();
     key.extend_from_slice(&producer.to_be_bytes());
@@ -57,7 +69,7 @@ fn producer_key(producer: u64) -> Vec<u8> {
 }
 
 fn commit_key(topology_id: u32) -> Vec<u8> {
-    let mut key = b"commit/".to_vec();
+    let mut key = COMMIT_PREFIX.to_vec();
     key.extend_from_slice(&topology_id.to_be_bytes());
     key
 }
@@ -174,6 +186,36 @@ impl RocksStore {
         })
     }
 
+    /// Every stored commit record, by topology id: those of topologies the engine was not
+    /// opened with still hold records back from retention.
+    pub(crate) fn commit_records(&self) -> Result<Vec<(u32, CommitRecord)>, StoreError> {
+        let cf = self.cf(CF_META)?;
+        let mut read_options = ReadOptions::default();
+        if let Some(end) = lockstep_core::layout::prefix_successor(COMMIT_PREFIX) {
+            read_options.set_iterate_upper_bound(end);
+        }
+        let iter = self.db.iterator_cf_opt(
+            cf,
+            read_options,
+            IteratorMode::From(COMMIT_PREFIX, Direction::Forward),
+        );
+        let mut records = Vec::new();
+        for entry in iter {
+            let (key, value) = entry.map_err(io("commit record scan"))?;
+            let id = key
+                .get(COMMIT_PREFIX.len()..)
+                .and_then(|id| <[u8; 4]>::try_from(id).ok())
+                .map(u32::from_be_bytes)
+                .ok_or_else(|| {
+                    StoreError::Corruption(format!("malformed commit record key {key:02x?}"))
+                })?;
+            let record = decode_envelope(&value)
+                .map_err(|e| StoreError::Corruption(format!("commit record: {e}")))?;
+            records.push((id, record));
+        }
+        Ok(records)
+    }
+
     /// Every entry of the state column family, for determinism checks and debugging.
     pub(crate) fn state_entries(&self) -> Result<Vec<Entry>, StoreError> {
         let cf = self.cf(CF_STATE)?;
@@ -199,16 +241,31 @@ impl DepotLog for RocksStore {
         &self,
         entries: &[DepotEntry<'_>],
         producers: &[ProducerState],
+        trims: &[DepotTrim],
     ) -> Result<(), StoreError> {
         let cf = self.cf(CF_DEPOT)?;
         let mut batch = WriteBatch::default();
-        if !producers.is_empty() {
+        if !producers.is_empty() || !trims.is_empty() {
             let meta = self.cf(CF_META)?;
             for state in producers {
                 batch.put_cf(
                     meta,
                     producer_key(state.producer),
                     Self::encode_meta(state)?,
+                );
+            }
+            for trim in trims {
+                // One range deletion per trim: RocksDB drops the covered records at flush or
+                // compaction, and reads skip them until then.
+                batch.delete_range_cf(
+                    cf,
+                    depot_key(trim.depot_id, trim.partition, 0),
+                    depot_key(trim.depot_id, trim.partition, trim.first_kept_offset),
+                );
+                batch.put_cf(
+                    meta,
+                    trim_key(trim.depot_id, trim.partition),
+                    Self::encode_meta(&trim.first_kept_offset)?,
                 );
             }
         }
@@ -247,6 +304,20 @@ impl DepotLog for RocksStore {
                 break;
             };
             let offset = parse_depot_offset(key, depot_id, partition)?;
+            if out.is_empty() && offset > expected {
+                // Records before the first one found are gone: trimmed, if the partition's
+                // start has moved past them (the mark is written with the deletion and only
+                // moves forward, so it is at least as new as what this iterator saw).
+                let first_kept_offset = self.first_kept_offset(depot_id, partition)?;
+                if from_offset < first_kept_offset {
+                    return Err(StoreError::Trimmed {
+                        depot_id,
+                        partition,
+                        from_offset,
+                        first_kept_offset,
+                    });
+                }
+            }
             // Offsets are dense: a gap means lost records, which must never be skipped silently.
             if offset != expected {
                 return Err(StoreError::Corruption(format!(
@@ -275,10 +346,18 @@ impl DepotLog for RocksStore {
             Some(key) if key.get(..8) == Some(&depot_key(depot_id, partition, 0)[..8]) => {
                 parse_depot_offset(key, depot_id, partition)? + 1
             }
-            _ => 0,
+            // Empty, or (never by the engine, which keeps every partition's last record)
+            // trimmed whole.
+            _ => self.first_kept_offset(depot_id, partition)?,
         };
         iter.status().map_err(io("depot scan"))?;
         Ok(next)
+    }
+
+    fn first_kept_offset(&self, depot_id: u32, partition: u32) -> Result<u64, StoreError> {
+        Ok(self
+            .meta_get::<u64>(&trim_key(depot_id, partition))?
+            .unwrap_or(0))
     }
 
     fn load_producers(&self) -> Result<Vec<ProducerState>, StoreError> {
@@ -576,5 +655,110 @@ mod tests {
             assert_eq!(lent, Some(expected.map(<[u8]>::to_vec)), "{key:?}");
             assert_eq!(live.get(key).expect("get"), expected.map(<[u8]>::to_vec));
         }
+    }
+
+    fn depot_entries(
+        depot_id: u32,
+        partition: u32,
+        offsets: std::ops::Range<u64>,
+    ) -> Vec<(u64, Vec<u8>)> {
+        offsets
+            .map(|offset| {
+                (
+                    offset,
+                    format!("record {depot_id}/{partition}/{offset}").into_bytes(),
+                )
+            })
+            .collect()
+    }
+
+    fn append_records(
+        store: &RocksStore,
+        depot_id: u32,
+        partition: u32,
+        offsets: std::ops::Range<u64>,
+        trims: &[DepotTrim],
+    ) {
+        let records = depot_entries(depot_id, partition, offsets);
+        let entries: Vec<DepotEntry<'_>> = records
+            .iter()
+            .map(|(offset, bytes)| DepotEntry {
+                depot_id,
+                partition,
+                offset: *offset,
+                seq: 1000 + offset,
+                bytes,
+            })
+            .collect();
+        store.append(&entries, &[], trims).expect("append");
+    }
+
+    /// A trim deletes its partition's prefix and nothing else, moves the partition's start,
+    /// and a read from below that start is refused as trimmed, while any other gap is still
+    /// corruption; the partition's next offset and the log's largest sequence number hold,
+    /// also after a flush (where RocksDB drops the deleted records) and a reopen.
+    #[test]
+    fn a_trim_deletes_a_prefix_and_reads_below_it_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RocksStore::open(dir.path(), 1 << 20).expect("open");
+        append_records(&store, 1, 0, 0..10, &[]);
+        append_records(&store, 1, 1, 0..10, &[]);
+        assert_eq!(store.first_kept_offset(1, 0).expect("first kept"), 0);
+        let trim = DepotTrim {
+            depot_id: 1,
+            partition: 0,
+            first_kept_offset: 6,
+        };
+        // The trim travels with a later group's records, as the appender writes it.
+        append_records(&store, 1, 0, 10..12, &[trim]);
+        let check = |store: &RocksStore| {
+            assert_eq!(store.first_kept_offset(1, 0).expect("first kept"), 6);
+            assert_eq!(store.first_kept_offset(1, 1).expect("first kept"), 0);
+            let kept: Vec<u64> = store
+                .read(1, 0, 6, usize::MAX, usize::MAX)
+                .expect("read kept")
+                .iter()
+                .map(|r| r.offset)
+                .collect();
+            assert_eq!(kept, (6..12).collect::<Vec<_>>());
+            for from_offset in [0, 5] {
+                assert_eq!(
+                    store.read(1, 0, from_offset, usize::MAX, usize::MAX),
+                    Err(StoreError::Trimmed {
+                        depot_id: 1,
+                        partition: 0,
+                        from_offset,
+                        first_kept_offset: 6
+                    })
+                );
+            }
+            let untouched = store.read(1, 1, 0, usize::MAX, usize::MAX).expect("read");
+            assert_eq!(untouched.len(), 10);
+            assert_eq!(store.next_offset(1, 0).expect("next offset"), 12);
+            assert_eq!(store.next_offset(1, 1).expect("next offset"), 10);
+            assert_eq!(store.max_seq().expect("max seq"), Some(1011));
+        };
+        check(&store);
+        store
+            .db
+            .flush_cf(store.cf(CF_DEPOT).expect("depot cf"))
+            .expect("flush");
+        drop(store);
+        let store = RocksStore::open(dir.path(), 1 << 20).expect("reopen");
+        check(&store);
+
+        // A hole the trim did not make is corruption, not a trim.
+        store
+            .db
+            .delete_cf(store.cf(CF_DEPOT).expect("depot cf"), depot_key(1, 0, 8))
+            .expect("delete");
+        assert!(matches!(
+            store.read(1, 0, 8, usize::MAX, usize::MAX),
+            Err(StoreError::Corruption(_))
+        ));
+        assert!(matches!(
+            store.read(1, 0, 6, usize::MAX, usize::MAX),
+            Err(StoreError::Corruption(_))
+        ));
     }
 }

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use lockstep::{
-    DurableWrite, Engine, EngineOptions, Error, LoggedRecord, RecordId, StorageFaults, WriteFault,
+    DepotRetention, DurableWrite, Engine, EngineOptions, Error, LoggedRecord, RecordId,
+    StorageFaults, WriteFault,
 };
 use rand::{Rng, SeedableRng};
 
@@ -71,6 +72,8 @@ pub struct SimEngineOptions {
     pub threads: usize,
     /// [`EngineOptions::state_cache_bytes_max`].
     pub state_cache_bytes_max: usize,
+    /// [`EngineOptions::depot_retention`].
+    pub depot_retention: Option<DepotRetention>,
 }
 
 impl SimEngineOptions {
@@ -84,6 +87,13 @@ impl SimEngineOptions {
             batch_bytes_max: BYTES[rng.gen_range(0..BYTES.len())],
             threads: rng.gen_range(1..=2),
             state_cache_bytes_max: CACHE_BYTES[rng.gen_range(0..CACHE_BYTES.len())],
+            // Off, or trims of a few records at a time, so that they happen in short runs.
+            depot_retention: rng.gen_bool(0.5).then(|| {
+                let mut retention = DepotRetention::default();
+                retention.keep_records_min = rng.gen_range(0..4);
+                retention.trim_step_records = rng.gen_range(1..4);
+                retention
+            }),
         }
     }
 
@@ -93,6 +103,7 @@ impl SimEngineOptions {
         options.batch_bytes_max = self.batch_bytes_max;
         options.threads = self.threads;
         options.state_cache_bytes_max = self.state_cache_bytes_max;
+        options.depot_retention = self.depot_retention;
         options.storage_faults = Some(faults.clone());
         options
     }
@@ -105,6 +116,7 @@ impl Default for SimEngineOptions {
             batch_bytes_max: 8 << 20,
             threads: 1,
             state_cache_bytes_max: 64 << 20,
+            depot_retention: None,
         }
     }
 }
@@ -225,6 +237,8 @@ pub struct SimSummary {
     pub faults_fired: u64,
     /// Records processed and checked against the model.
     pub records_checked: u64,
+    /// Records retention had deleted by the end of each seed.
+    pub records_trimmed: u64,
 }
 
 impl SimSummary {
@@ -237,6 +251,7 @@ impl SimSummary {
         self.restarts += other.restarts;
         self.faults_fired += other.faults_fired;
         self.records_checked += other.records_checked;
+        self.records_trimmed += other.records_trimmed;
     }
 }
 
@@ -245,7 +260,7 @@ impl fmt::Display for SimSummary {
         write!(
             f,
             "{} seeds, {} steps: {} appends acknowledged, {} failed and retried, {} batches, \
-             {} restarts, {} faults fired, {} records checked against the model",
+             {} restarts, {} faults fired, {} records checked against the model, {} trimmed",
             self.seeds,
             self.steps,
             self.appends_acknowledged,
@@ -253,7 +268,8 @@ impl fmt::Display for SimSummary {
             self.batches,
             self.restarts,
             self.faults_fired,
-            self.records_checked
+            self.records_checked,
+            self.records_trimmed
         )
     }
 }
@@ -757,8 +773,8 @@ impl<'t, T: SimTarget> Execution<'t, T> {
             .map(|o| ((o.depot_id, o.partition), o.next_offset))
             .collect();
 
-        let log = durable_log(self.target, engine)?;
-        self.check_durability(&log)?;
+        let (log, first_kept) = durable_log(self.target, engine)?;
+        self.check_durability(&log, &first_kept)?;
 
         // Processed records: those below the committed offsets. They must be a prefix of the
         // durable records in append order, and the model must see them in that order.
@@ -831,9 +847,15 @@ impl<'t, T: SimTarget> Execution<'t, T> {
             .map_err(|problem| format!("state check failed at batch {snapshot_batch}: {problem}"))
     }
 
-    /// Every acknowledged record is durable where it was acknowledged, and every other durable
-    /// record belongs to a call still in doubt (its acknowledgment was lost to a fault).
-    fn check_durability(&self, log: &[LoggedRecord<T::Command>]) -> Result<(), String> {
+    /// Every acknowledged record is durable where it was acknowledged (or, below its
+    /// partition's first kept offset, was trimmed by retention after it had been checked
+    /// durable and processed), and every other durable record belongs to a call still in doubt
+    /// (its acknowledgment was lost to a fault).
+    fn check_durability(
+        &self,
+        log: &[LoggedRecord<T::Command>],
+        first_kept: &BTreeMap<u32, u64>,
+    ) -> Result<(), String> {
         let durable: BTreeMap<RecordId, &T::Command> =
             log.iter().map(|r| (r.id, &r.record)).collect();
         let seqs: BTreeSet<u64> = log.iter().map(|r| r.seq).collect();
@@ -847,6 +869,13 @@ impl<'t, T: SimTarget> Execution<'t, T> {
                     return Err(format!(
                         "acknowledged {command:?} at {id:?}, the depot holds {stored:?}"
                     ))
+                }
+                None if self.trimmed(id, first_kept) => {
+                    if !self.applied.contains(id) {
+                        return Err(format!(
+                            "acknowledged {command:?} at {id:?} was trimmed before it was processed"
+                        ));
+                    }
                 }
                 None => return Err(format!("acknowledged {command:?} at {id:?} is lost")),
             }
@@ -876,6 +905,13 @@ impl<'t, T: SimTarget> Execution<'t, T> {
         Ok(())
     }
 
+    /// Whether retention has deleted the record at `id`.
+    fn trimmed(&self, id: &RecordId, first_kept: &BTreeMap<u32, u64>) -> bool {
+        first_kept
+            .get(&id.partition)
+            .is_some_and(|kept| id.offset < *kept)
+    }
+
     /// Restarts without faults, retries every unacknowledged call, processes everything, and
     /// checks that every call is stored exactly once and processed.
     fn drain(&mut self) -> Result<(), String> {
@@ -896,40 +932,55 @@ impl<'t, T: SimTarget> Execution<'t, T> {
             .map_err(|e| format!("draining batches: {e}"))?;
         self.summary.batches += batches;
         self.check()?;
-        let log = durable_log(self.target, self.engine()?)?;
-        if log.len() != self.acknowledged.len() {
+        let (log, first_kept) = durable_log(self.target, self.engine()?)?;
+        // Every record trimmed was acknowledged and processed (checked above), so it counts as
+        // stored once.
+        let trimmed = self
+            .applied
+            .iter()
+            .filter(|id| self.trimmed(id, &first_kept))
+            .count();
+        let stored = log.len() + trimmed;
+        self.summary.records_trimmed = trimmed as u64;
+        if stored != self.acknowledged.len() {
             return Err(format!(
-                "{} records are durable, {} were acknowledged: a call was stored twice",
-                log.len(),
+                "{stored} records were durable ({trimmed} since trimmed), {} were acknowledged: a call was stored twice",
                 self.acknowledged.len()
             ));
         }
-        if self.applied.len() != log.len() {
+        if self.applied.len() != stored {
             return Err(format!(
-                "{} of {} durable records processed after draining",
+                "{} of {stored} durable records processed after draining",
                 self.applied.len(),
-                log.len()
             ));
         }
         Ok(())
     }
 }
 
-/// Every durable record of the target's depot, on every partition.
+/// Every durable record of the target's depot still stored, on every partition, and each
+/// partition's first kept offset (retention deletes what every topology has processed).
+type DurableLog<C> = (Vec<LoggedRecord<C>>, BTreeMap<u32, u64>);
+
 fn durable_log<T: SimTarget>(
     target: &T,
     engine: &Engine,
-) -> Result<Vec<LoggedRecord<T::Command>>, String> {
+) -> Result<DurableLog<T::Command>, String> {
     let depot = target.depot();
     let mut log = Vec::new();
+    let mut first_kept = BTreeMap::new();
     for partition in 0..depot.partitions() {
+        let kept = engine
+            .depot_first_kept_offset(depot, partition)
+            .map_err(|e| format!("reading the depot's start: {e}"))?;
+        first_kept.insert(partition, kept);
         log.extend(
             engine
-                .read_depot_log(depot, partition, 0, usize::MAX)
+                .read_depot_log(depot, partition, kept, usize::MAX)
                 .map_err(|e| format!("reading the depot: {e}"))?,
         );
     }
-    Ok(log)
+    Ok((log, first_kept))
 }
 
 fn committed_batch_id(engine: &Engine, topology: &str) -> Result<u64, String> {

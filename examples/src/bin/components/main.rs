@@ -78,6 +78,10 @@ enum Cmd {
         /// Require clients to present this token.
         #[arg(long, env = "LOCKSTEP_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// Delete command records once processed, keeping the newest this many of each
+        /// partition (default: keep every record).
+        #[arg(long)]
+        keep_depot_records: Option<u64>,
     },
     /// Append commands read as JSON Lines from stdin; one JSON line out per line in, in order.
     Append {
@@ -185,7 +189,8 @@ fn main() -> ExitCode {
             listen,
             partitions,
             token,
-        } => remote::serve(&data, listen, partitions, token),
+            keep_depot_records,
+        } => remote::serve(&data, listen, partitions, token, keep_depot_records),
         Cmd::Append {
             server,
             wait,

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use lockstep::net::{Client, ClientConfig, ClientError, Read, ReadResult, Server, ServerConfig};
-use lockstep::{decode_envelope, decode_key, decode_key_prefix, encode_key, Engine, EngineOptions};
+use lockstep::{
+    decode_envelope, decode_key, decode_key_prefix, encode_key, DepotRetention, Engine,
+    EngineOptions,
+};
 use lockstep_topologies::components::invariants::ComponentsView;
 use lockstep_topologies::components::workload::Workload;
 use lockstep_topologies::components::{
@@ -46,6 +49,7 @@ pub fn serve(
     listen: std::net::SocketAddr,
     partitions: Option<u32>,
     token: Option<String>,
+    keep_depot_records: Option<u64>,
 ) -> anyhow::Result<ExitCode> {
     let stored = if data.join("CURRENT").exists() {
         Engine::stored_depot_partitions(data, DEPOT)?
@@ -63,8 +67,14 @@ pub fn serve(
         (None, asked) => asked.unwrap_or(8),
     };
     let handles = components(partitions)?;
+    let mut options = EngineOptions::default();
+    options.depot_retention = keep_depot_records.map(|keep| {
+        let mut retention = DepotRetention::default();
+        retention.keep_records_min = keep;
+        retention
+    });
     let engine = Engine::builder(data)
-        .options(EngineOptions::default())
+        .options(options)
         .depot(&handles.commands)
         .topology(handles.topology.clone())
         .open()
