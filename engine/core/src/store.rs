@@ -144,6 +144,10 @@ pub struct DepotTrim {
     pub depot_id: u32,
     /// Partition within the depot.
     pub partition: u32,
+    /// The partition's first kept offset before this trim: the records below it are already
+    /// gone, so the deletion covers only `[previous_first_kept_offset, first_kept_offset)`
+    /// and never overlaps an earlier one.
+    pub previous_first_kept_offset: u64,
     /// Every record below this offset is deleted; this one and later are kept.
     pub first_kept_offset: u64,
 }

@@ -47,17 +47,18 @@ pub enum BatchDriving {
 /// yet to commit (topologies declared in this run, and those the data directory has commit
 /// records of, declared or not), keeping at least its `keep_records_min` newest records and
 /// always its last one. A depot no topology consumes is never trimmed. The deletion is written
-/// with a depot append, so it costs no synced write of its own.
+/// with a depot append, so it costs no synced write of its own; it also means a depot nobody
+/// appends to keeps what was consumed since its last append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DepotRetention {
     /// Newest records of each partition kept even once consumed (at least one is always kept:
     /// the last record is where the engine finds the partition's next offset at open).
     pub keep_records_min: u64,
-    /// A partition is trimmed only when at least this many more of its records can go. Each
-    /// trim is one range deletion, which reads of the partition step over until compaction
-    /// drops it, so trims are kept few; a partition holds up to this many consumed records
-    /// beyond `keep_records_min`.
+    /// A partition is trimmed only when at least this many more of its records can go (0
+    /// counts as 1). Each trim is one range deletion, which reads of the partition step over
+    /// until compaction drops it, so trims are kept few; a partition holds up to this many
+    /// consumed records beyond `keep_records_min`.
     pub trim_step_records: u64,
 }
 
@@ -114,13 +115,16 @@ pub struct EngineOptions {
     /// Bloom filter blocks are kept in memory outside it (RocksDB's defaults), and those grow
     /// slowly with the state on disk.
     pub block_cache_bytes: usize,
-    /// Whether consumed depot records are deleted (`None`, the default: every record is kept,
-    /// so a topology added later, or a replay, can read a depot from its start).
+    /// Whether consumed depot records are deleted (`None`, the default: nothing is deleted, so
+    /// a topology added later, or a replay, can read a depot from its start; partitions
+    /// trimmed while retention was on stay trimmed).
     ///
-    /// With retention, a topology declared for the first time starts at each partition's
-    /// first kept record; records trimmed before it existed count as processed for it (by
-    /// [`Engine::processed`] and [`Engine::wait_for`]), and reading them with
-    /// [`Engine::read_depot`] is refused with [`Error::DepotTrimmed`].
+    /// A topology with no commit record yet (declared for the first time, or never
+    /// committed) starts at each partition's first kept record: the records trimmed before
+    /// that count as processed for it (by [`Engine::processed`] and [`Engine::wait_for`]),
+    /// and reading them with [`Engine::read_depot`] is refused with [`Error::DepotTrimmed`].
+    /// A topology's commit record keeps the offsets of depots it no longer consumes, so
+    /// those hold their records back until it returns.
     pub depot_retention: Option<DepotRetention>,
     /// Faults to inject into durable writes (tests and simulations); `None` in production.
     pub storage_faults: Option<StorageFaults>,
@@ -360,7 +364,7 @@ pub struct AppendStats {
     /// Depot partitions trimmed by retention (range deletions written with the appends).
     pub trims: u64,
     /// Records those trims deleted.
-    pub records_trimmed: u64,
+    pub trimmed_records: u64,
 }
 
 /// Totals over the batches a topology committed since the engine opened.
@@ -722,7 +726,11 @@ impl Engine {
             .map(|t| (t.id, t.inputs.iter().map(|d| d.id).collect()))
             .collect();
         let mut retention_floors: BTreeMap<(u32, u32), u64> = BTreeMap::new();
-        for (topology_id, record) in store.commit_records()? {
+        let stored_records = match builder.options.depot_retention {
+            Some(_) => store.commit_records()?,
+            None => Vec::new(),
+        };
+        for (topology_id, record) in stored_records {
             let inputs = declared_inputs.get(&topology_id);
             for offset in record.offsets {
                 if inputs.is_some_and(|inputs| inputs.contains(&offset.depot_id)) {
@@ -1366,8 +1374,8 @@ fn recover_progress(
         .map(|d| d.first_kept_at_open.clone())
         .collect();
     for offset in &record.offsets {
-        // A depot the topology no longer consumes keeps its offsets in the record but plays no
-        // part.
+        // A depot the topology no longer consumes keeps its offsets in the record (each commit
+        // carries them forward) but plays no part.
         let Some(input) = inputs.iter().position(|d| d.id == offset.depot_id) else {
             continue;
         };
@@ -1553,7 +1561,7 @@ fn run_appender(
                     .entry((trim.depot_id, trim.partition))
                     .or_default();
                 stats.trims += 1;
-                stats.records_trimmed += trim.first_kept_offset - *kept;
+                stats.trimmed_records += trim.first_kept_offset - *kept;
                 *kept = trim.first_kept_offset;
             }
         }
@@ -1610,6 +1618,22 @@ fn plan_trims(
     heads: &BTreeMap<u32, Vec<u64>>,
     first_kept: &BTreeMap<(u32, u32), u64>,
 ) -> Vec<DepotTrim> {
+    let keep = retention.keep_records_min.max(1);
+    let step = retention.trim_step_records.max(1);
+    let trimmable = |depot_id: u32, partition: u32, head: u64| {
+        let kept = first_kept.get(&(depot_id, partition)).copied().unwrap_or(0);
+        head.saturating_sub(keep) >= kept.saturating_add(step)
+    };
+    // Most groups can trim nothing whatever the floors: say so without taking the topologies'
+    // progress locks.
+    let any_trimmable = heads.iter().any(|(depot_id, heads)| {
+        (0u32..)
+            .zip(heads)
+            .any(|(partition, head)| trimmable(*depot_id, partition, *head))
+    });
+    if !any_trimmable {
+        return Vec::new();
+    }
     let mut floors = shared.retention_floors.clone();
     for topology in shared.topologies.values() {
         let progress = lock(&topology.progress);
@@ -1622,8 +1646,6 @@ fn plan_trims(
             }
         }
     }
-    let keep = retention.keep_records_min.max(1);
-    let step = retention.trim_step_records.max(1);
     let mut trims = Vec::new();
     for ((depot_id, partition), floor) in floors {
         // Only depots declared in this run are appended to, and so trimmed.
@@ -1639,6 +1661,7 @@ fn plan_trims(
             trims.push(DepotTrim {
                 depot_id,
                 partition,
+                previous_first_kept_offset: kept,
                 first_kept_offset,
             });
         }
@@ -2003,6 +2026,16 @@ fn prepare_batch(
             });
         }
     }
+    // A depot the topology no longer consumes keeps its offsets: if the topology consumes it
+    // again it resumes there, and until then retention keeps those records for it.
+    record.offsets.extend(
+        progress
+            .record
+            .offsets
+            .iter()
+            .filter(|offset| state.inputs.iter().all(|d| d.id != offset.depot_id))
+            .copied(),
+    );
     record.offsets.sort();
     Ok(Some(PreparedBatch {
         batch_id,

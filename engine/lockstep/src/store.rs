@@ -259,7 +259,11 @@ impl DepotLog for RocksStore {
                 // compaction, and reads skip them until then.
                 batch.delete_range_cf(
                     cf,
-                    depot_key(trim.depot_id, trim.partition, 0),
+                    depot_key(
+                        trim.depot_id,
+                        trim.partition,
+                        trim.previous_first_kept_offset,
+                    ),
                     depot_key(trim.depot_id, trim.partition, trim.first_kept_offset),
                 );
                 batch.put_cf(
@@ -707,6 +711,7 @@ mod tests {
         let trim = DepotTrim {
             depot_id: 1,
             partition: 0,
+            previous_first_kept_offset: 0,
             first_kept_offset: 6,
         };
         // The trim travels with a later group's records, as the appender writes it.
@@ -747,17 +752,39 @@ mod tests {
         let store = RocksStore::open(dir.path(), 1 << 20).expect("reopen");
         check(&store);
 
+        // A second trim deletes only from where the first one stopped.
+        let second = DepotTrim {
+            depot_id: 1,
+            partition: 0,
+            previous_first_kept_offset: 6,
+            first_kept_offset: 9,
+        };
+        append_records(&store, 1, 0, 12..13, &[second]);
+        assert_eq!(store.first_kept_offset(1, 0).expect("first kept"), 9);
+        assert!(matches!(
+            store.read(1, 0, 3, usize::MAX, usize::MAX),
+            Err(StoreError::Trimmed {
+                first_kept_offset: 9,
+                ..
+            })
+        ));
+        let kept = store.read(1, 0, 9, usize::MAX, usize::MAX).expect("read");
+        assert_eq!(
+            kept.iter().map(|r| r.offset).collect::<Vec<_>>(),
+            vec![9, 10, 11, 12]
+        );
+
         // A hole the trim did not make is corruption, not a trim.
         store
             .db
-            .delete_cf(store.cf(CF_DEPOT).expect("depot cf"), depot_key(1, 0, 8))
+            .delete_cf(store.cf(CF_DEPOT).expect("depot cf"), depot_key(1, 0, 11))
             .expect("delete");
         assert!(matches!(
-            store.read(1, 0, 8, usize::MAX, usize::MAX),
+            store.read(1, 0, 11, usize::MAX, usize::MAX),
             Err(StoreError::Corruption(_))
         ));
         assert!(matches!(
-            store.read(1, 0, 6, usize::MAX, usize::MAX),
+            store.read(1, 0, 9, usize::MAX, usize::MAX),
             Err(StoreError::Corruption(_))
         ));
     }

@@ -132,7 +132,7 @@ fn lagging_and_absent_topologies_hold_records_back_and_new_ones_start_at_the_fir
     assert_eq!(first_kept(&engine, &ledger), audit_consumed);
     let stats = engine.append_stats();
     let audit_total: u64 = audit_consumed.iter().sum();
-    assert_eq!((stats.trims, stats.records_trimmed), (2, audit_total));
+    assert_eq!((stats.trims, stats.trimmed_records), (2, audit_total));
     let refused = engine.read_depot(&ledger.ops, 1, audit_consumed[1] - 1, usize::MAX);
     assert!(
         matches!(
@@ -286,7 +286,7 @@ fn trims_while_clients_append_and_batches_run_lose_nothing() {
     let last_ops = ops(0, 8);
     let last_ids = engine.append_many(&ledger.ops, &last_ops).expect("append");
     let stats = engine.append_stats();
-    assert!(stats.records_trimmed > 0, "nothing was trimmed: {stats:?}");
+    assert!(stats.trimmed_records > 0, "nothing was trimmed: {stats:?}");
     let starts = first_kept(&engine, &ledger);
     let committed = engine.committed(TOPOLOGY).expect("committed");
     for (p, start) in starts.iter().enumerate() {
@@ -316,4 +316,100 @@ fn trims_while_clients_append_and_batches_run_lose_nothing() {
     let expected: i64 = acked.values().chain(&last_ops).map(|op| op.amount).sum();
     let total: i64 = read_state(&engine, &ledger).totals.values().sum();
     assert_eq!(total, expected);
+}
+
+/// A topology that stops consuming a depot keeps its offsets of it through later commits and
+/// reopens, so retention holds that depot's records for it, and when it consumes the depot
+/// again it resumes where it stopped.
+#[test]
+fn a_depot_a_topology_stops_consuming_is_held_until_it_returns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = ledger(PARTITIONS);
+    let extra = lockstep::Depot::<Op>::hashed("extra", PARTITIONS, |op| op.key).expect("depot");
+    // "both" counts the ops of every depot it consumes: the ledger's, and "extra" always.
+    let both = |consume_ops: bool| {
+        let mut builder = TopologyBuilder::<()>::new("both", PARTITIONS);
+        let seen = builder.pstate::<u32, u64>("both-seen");
+        let depots = if consume_ops {
+            vec![&ledger.ops, &extra]
+        } else {
+            vec![&extra]
+        };
+        for depot in depots {
+            let counts = seen.clone();
+            builder.consume(depot, move |ctx, op: Op| {
+                let count = ctx.get(&counts, &op.key)?.unwrap_or(0) + 1;
+                ctx.put(&counts, &op.key, &count)
+            });
+        }
+        (builder.build().expect("valid topology"), seen)
+    };
+    let open_run = |consume_ops: bool, batch_records_max: usize| {
+        Engine::builder(dir.path())
+            .options(options(batch_records_max))
+            .depot(&ledger.ops)
+            .depot(&extra)
+            .topology(ledger.topology.clone())
+            .topology(both(consume_ops).0)
+            .open()
+            .expect("open")
+    };
+    // Where "both" has consumed the ledger's depot (catalog id `ops_id`), by partition.
+    let held_at = |engine: &Engine, ops_id: u32| -> Vec<u64> {
+        let mut offsets: Vec<(u32, u64)> = engine
+            .committed("both")
+            .expect("committed")
+            .offsets
+            .iter()
+            .filter(|o| o.depot_id == ops_id)
+            .map(|o| (o.partition, o.next_offset))
+            .collect();
+        offsets.sort_unstable();
+        offsets.into_iter().map(|(_, offset)| offset).collect()
+    };
+
+    // Run 1: "both" consumes the ledger's depot, one batch of at most 10 records per partition.
+    let engine = open_run(true, 10);
+    let ops_id = engine
+        .append_many(&ledger.ops, &ops(0, 60))
+        .expect("append")[0]
+        .depot_id;
+    engine.run_batch("both").expect("batch");
+    let held = held_at(&engine, ops_id);
+    assert!(held.iter().all(|offset| *offset > 0), "{held:?}");
+    engine.close();
+
+    // Runs 2 and 3: "both" consumes only "extra", and commits; the ledger runs ahead.
+    for run in 0..2u32 {
+        let engine = open_run(false, 1000);
+        engine
+            .append_many(&extra, &ops(1000 + run * 10, 10))
+            .expect("append extra");
+        engine.run_until_idle().expect("drain");
+        assert_eq!(
+            held_at(&engine, ops_id),
+            held,
+            "run {}: offsets carried forward",
+            run + 2
+        );
+        engine
+            .append_many(&ledger.ops, &ops(100 + run * 40, 40))
+            .expect("append");
+        engine.run_until_idle().expect("drain");
+        engine
+            .append_many(&ledger.ops, &ops(200 + run * 4, 4))
+            .expect("append");
+        assert_eq!(first_kept(&engine, &ledger), held, "run {}", run + 2);
+        engine.close();
+    }
+
+    // Run 4: "both" consumes the ledger's depot again and resumes where it stopped.
+    let engine = open_run(true, 1000);
+    engine.run_until_idle().expect("drain");
+    let (_, seen) = both(true);
+    let extra_total: u64 = (0..PARTITIONS)
+        .map(|p| engine.depot_next_offset(&extra, p).expect("head"))
+        .sum();
+    let ops_total: u64 = heads(&engine, &ledger).iter().sum();
+    assert_eq!(counts(&engine, &seen), ops_total + extra_total);
 }

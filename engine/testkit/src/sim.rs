@@ -534,6 +534,9 @@ struct Execution<'t, T: SimTarget> {
     applied_seq_last: Option<u64>,
     /// The last committed batch id seen: it never goes back, through any crash.
     batch_id_seen: u64,
+    /// Whether any process of this run had depot retention on: if none did, nothing may be
+    /// trimmed.
+    retention_seen: bool,
     summary: SimSummary,
 }
 
@@ -562,6 +565,7 @@ impl<'t, T: SimTarget> Execution<'t, T> {
             applied: BTreeSet::new(),
             applied_seq_last: None,
             batch_id_seen: 0,
+            retention_seen: false,
             summary: SimSummary::default(),
         };
         run.open(options)?;
@@ -570,6 +574,7 @@ impl<'t, T: SimTarget> Execution<'t, T> {
 
     fn open(&mut self, options: SimEngineOptions) -> Result<(), String> {
         self.faults = StorageFaults::new();
+        self.retention_seen |= options.depot_retention.is_some();
         let builder =
             Engine::builder(self.dir.path()).options(options.engine_options(&self.faults));
         let engine = self
@@ -774,6 +779,25 @@ impl<'t, T: SimTarget> Execution<'t, T> {
             .collect();
 
         let (log, first_kept) = durable_log(self.target, engine)?;
+        for (partition, kept) in first_kept.iter().filter(|(_, kept)| **kept > 0) {
+            if !self.retention_seen {
+                return Err(format!(
+                    "partition {partition} starts at {kept} though retention was never on"
+                ));
+            }
+            // Retention keeps every partition's last record, which names the depot.
+            let depot_id = log
+                .iter()
+                .find(|r| r.id.partition == *partition)
+                .map(|r| r.id.depot_id)
+                .ok_or_else(|| format!("partition {partition} was trimmed to nothing"))?;
+            let consumed = consumed.get(&(depot_id, *partition)).copied().unwrap_or(0);
+            if *kept > consumed {
+                return Err(format!(
+                    "partition {partition} was trimmed to {kept}, past its committed offset {consumed}"
+                ));
+            }
+        }
         self.check_durability(&log, &first_kept)?;
 
         // Processed records: those below the committed offsets. They must be a prefix of the
