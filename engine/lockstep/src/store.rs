@@ -81,6 +81,9 @@ fn io(op: &'static str) -> impl FnOnce(rocksdb::Error) -> StoreError {
     }
 }
 
+/// A key and value as RocksDB's iterators return them.
+type RawEntry = (Box<[u8]>, Box<[u8]>);
+
 /// The engine's one RocksDB database.
 pub(crate) struct RocksStore {
     db: DB,
@@ -186,34 +189,41 @@ impl RocksStore {
         })
     }
 
+    /// Every `meta` entry whose key starts with `prefix`, in key order.
+    fn meta_entries(&self, prefix: &[u8], op: &'static str) -> Result<Vec<RawEntry>, StoreError> {
+        let cf = self.cf(CF_META)?;
+        let mut read_options = ReadOptions::default();
+        if let Some(end) = lockstep_core::layout::prefix_successor(prefix) {
+            read_options.set_iterate_upper_bound(end);
+        }
+        self.db
+            .iterator_cf_opt(
+                cf,
+                read_options,
+                IteratorMode::From(prefix, Direction::Forward),
+            )
+            .map(|entry| entry.map_err(io(op)))
+            .collect()
+    }
+
     /// Every stored commit record, by topology id: those of topologies the engine was not
     /// opened with still hold records back from retention.
     pub(crate) fn commit_records(&self) -> Result<Vec<(u32, CommitRecord)>, StoreError> {
-        let cf = self.cf(CF_META)?;
-        let mut read_options = ReadOptions::default();
-        if let Some(end) = lockstep_core::layout::prefix_successor(COMMIT_PREFIX) {
-            read_options.set_iterate_upper_bound(end);
-        }
-        let iter = self.db.iterator_cf_opt(
-            cf,
-            read_options,
-            IteratorMode::From(COMMIT_PREFIX, Direction::Forward),
-        );
-        let mut records = Vec::new();
-        for entry in iter {
-            let (key, value) = entry.map_err(io("commit record scan"))?;
-            let id = key
-                .get(COMMIT_PREFIX.len()..)
-                .and_then(|id| <[u8; 4]>::try_from(id).ok())
-                .map(u32::from_be_bytes)
-                .ok_or_else(|| {
-                    StoreError::Corruption(format!("malformed commit record key {key:02x?}"))
-                })?;
-            let record = decode_envelope(&value)
-                .map_err(|e| StoreError::Corruption(format!("commit record: {e}")))?;
-            records.push((id, record));
-        }
-        Ok(records)
+        self.meta_entries(COMMIT_PREFIX, "commit record scan")?
+            .into_iter()
+            .map(|(key, value)| {
+                let id = key
+                    .get(COMMIT_PREFIX.len()..)
+                    .and_then(|id| <[u8; 4]>::try_from(id).ok())
+                    .map(u32::from_be_bytes)
+                    .ok_or_else(|| {
+                        StoreError::Corruption(format!("malformed commit record key {key:02x?}"))
+                    })?;
+                let record = decode_envelope(&value)
+                    .map_err(|e| StoreError::Corruption(format!("commit record: {e}")))?;
+                Ok((id, record))
+            })
+            .collect()
     }
 
     /// Every entry of the state column family, for determinism checks and debugging.
@@ -365,25 +375,13 @@ impl DepotLog for RocksStore {
     }
 
     fn load_producers(&self) -> Result<Vec<ProducerState>, StoreError> {
-        let cf = self.cf(CF_META)?;
-        let mut read_options = ReadOptions::default();
-        if let Some(end) = lockstep_core::layout::prefix_successor(PRODUCER_PREFIX) {
-            read_options.set_iterate_upper_bound(end);
-        }
-        let iter = self.db.iterator_cf_opt(
-            cf,
-            read_options,
-            IteratorMode::From(PRODUCER_PREFIX, Direction::Forward),
-        );
-        let mut states = Vec::new();
-        for entry in iter {
-            let (_, value) = entry.map_err(io("producer scan"))?;
-            states.push(
+        self.meta_entries(PRODUCER_PREFIX, "producer scan")?
+            .into_iter()
+            .map(|(_, value)| {
                 decode_envelope(&value)
-                    .map_err(|e| StoreError::Corruption(format!("producer state: {e}")))?,
-            );
-        }
-        Ok(states)
+                    .map_err(|e| StoreError::Corruption(format!("producer state: {e}")))
+            })
+            .collect()
     }
 
     fn max_seq(&self) -> Result<Option<u64>, StoreError> {

@@ -10,11 +10,8 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-use common::{ledger, open, read_state, Op};
+use common::{kill, ledger, open, read_state, Op};
 use lockstep::EngineOptions;
 
 const CHILD_ENV: &str = "LOCKSTEP_SIGKILL_CHILD_DIR";
@@ -28,76 +25,19 @@ fn child_appends_until_killed() {
     };
     let ledger = ledger(PARTITIONS);
     let engine = open(dir.as_ref(), &ledger, EngineOptions::default()).expect("open");
-    let stdout = std::sync::Mutex::new(std::io::stdout());
-    std::thread::scope(|scope| {
-        for thread in 0..4u32 {
-            let (engine, ledger, stdout) = (&engine, &ledger, &stdout);
-            scope.spawn(move || {
-                for i in 0u32.. {
-                    let ops: Vec<Op> = (0..8u32)
-                        .map(|j| Op {
-                            key: (thread * 31 + i * 7 + j) % 23,
-                            amount: i64::from((i + j) % 7) - 3,
-                            mirror: (i + j * 5) % 19,
-                        })
-                        .collect();
-                    let ids = engine.append_many(&ledger.ops, &ops).expect("append");
-                    let mut out = stdout.lock().expect("stdout");
-                    for (op, id) in ops.iter().zip(ids) {
-                        writeln!(
-                            out,
-                            "ack {} {} {} {} {}",
-                            id.partition, id.offset, op.key, op.amount, op.mirror
-                        )
-                        .expect("write");
-                    }
-                    out.flush().expect("flush");
-                }
-            });
-        }
+    kill::append_until_killed(&engine, &ledger, |thread, i, j| Op {
+        key: (thread * 31 + i * 7 + j) % 23,
+        amount: i64::from((i + j) % 7) - 3,
+        mirror: (i + j * 5) % 19,
     });
 }
 
 #[test]
 fn kill_nine_mid_load() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "--exact",
-            "child_appends_until_killed",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn child");
-    let stdout = child.stdout.take().expect("child stdout");
-    let mut acked: BTreeMap<(u32, u64), Op> = BTreeMap::new();
-    let started = Instant::now();
-    let mut lines = BufReader::new(stdout).lines();
-    // Kill at a moment that varies run to run, not at a fixed point in the protocol.
-    let kill_after = 1_000 + (started.elapsed().as_nanos() % 4_000) as usize;
-    while acked.len() < kill_after && started.elapsed() < Duration::from_secs(60) {
-        let Some(Ok(line)) = lines.next() else { break };
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.first() != Some(&"ack") {
-            continue;
-        }
-        let n = |i: usize| fields[i].parse::<i64>().expect("number");
-        acked.insert(
-            (n(1) as u32, n(2) as u64),
-            Op {
-                key: n(3) as u32,
-                amount: n(4),
-                mirror: n(5) as u32,
-            },
-        );
-    }
-    child.kill().expect("SIGKILL");
-    child.wait().expect("reap");
+    let mut loaded = kill::Loaded::spawn("child_appends_until_killed", CHILD_ENV, dir.path());
+    loaded.read_acks(1_000 + kill::varying(4_000) as usize);
+    let acked = loaded.kill_nine();
     assert!(
         acked.len() >= 100,
         "child acknowledged only {} appends",

@@ -10,11 +10,8 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-use common::{ledger, open, read_state, LedgerState, Op};
+use common::{kill, ledger, open, read_state, LedgerState, Op};
 use lockstep::{DepotRetention, EngineOptions};
 
 const CHILD_ENV: &str = "LOCKSTEP_SIGKILL_RETENTION_DIR";
@@ -37,33 +34,10 @@ fn child_appends_until_killed() {
     };
     let ledger = ledger(PARTITIONS);
     let engine = open(dir.as_ref(), &ledger, retention(EngineOptions::default())).expect("open");
-    let stdout = std::sync::Mutex::new(std::io::stdout());
-    std::thread::scope(|scope| {
-        for thread in 0..4u32 {
-            let (engine, ledger, stdout) = (&engine, &ledger, &stdout);
-            scope.spawn(move || {
-                for i in 0u32.. {
-                    let ops: Vec<Op> = (0..8u32)
-                        .map(|j| Op {
-                            key: (thread * 31 + i * 7 + j) % 23,
-                            amount: 1,
-                            mirror: (i + j * 5) % 19,
-                        })
-                        .collect();
-                    let ids = engine.append_many(&ledger.ops, &ops).expect("append");
-                    let mut out = stdout.lock().expect("stdout");
-                    for (op, id) in ops.iter().zip(ids) {
-                        writeln!(
-                            out,
-                            "ack {} {} {} {}",
-                            id.partition, id.offset, op.key, op.mirror
-                        )
-                        .expect("write");
-                    }
-                    out.flush().expect("flush");
-                }
-            });
-        }
+    kill::append_until_killed(&engine, &ledger, |thread, i, j| Op {
+        key: (thread * 31 + i * 7 + j) % 23,
+        amount: 1,
+        mirror: (i + j * 5) % 19,
     });
 }
 
@@ -78,53 +52,12 @@ fn applied(state: &LedgerState) -> (i64, usize) {
 #[test]
 fn kill_nine_while_trimming() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "--exact",
-            "child_appends_until_killed",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn child");
-    let stdout = child.stdout.take().expect("child stdout");
-    let mut acked: BTreeMap<(u32, u64), Op> = BTreeMap::new();
-    let mut record = |line: &str| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.first() != Some(&"ack") || fields.len() != 5 {
-            return;
-        }
-        let n = |i: usize| fields[i].parse::<u64>().expect("number");
-        acked.insert(
-            (n(1) as u32, n(2)),
-            Op {
-                key: n(3) as u32,
-                amount: 1,
-                mirror: n(4) as u32,
-            },
-        );
-    };
-    let started = Instant::now();
-    let mut lines = BufReader::new(stdout).lines();
-    // Late enough that retention has trimmed (in steps of 50 per partition), at a
-    // moment that varies run to run.
-    let kill_after = 6_000 + (started.elapsed().as_nanos() % 6_000) as usize;
-    let mut read = 0;
-    while read < kill_after && started.elapsed() < Duration::from_secs(60) {
-        let Some(Ok(line)) = lines.next() else { break };
-        record(&line);
-        read += 1;
-    }
-    child.kill().expect("SIGKILL");
-    child.wait().expect("reap");
+    let mut loaded = kill::Loaded::spawn("child_appends_until_killed", CHILD_ENV, dir.path());
+    // Late enough that retention has trimmed (in steps of 50 per partition), at a moment that
+    // varies run to run.
+    loaded.read_acks(6_000 + kill::varying(6_000) as usize);
     // Every acknowledgment the child printed before it died, the unread ones included.
-    for line in lines.map_while(Result::ok) {
-        record(&line);
-    }
+    let acked = loaded.kill_nine();
     assert!(
         acked.len() >= 2_000,
         "child acknowledged only {}",

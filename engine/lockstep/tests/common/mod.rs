@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod kill;
+
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::Path;
