@@ -47,8 +47,8 @@ pub enum BatchDriving {
 /// yet to commit (topologies declared in this run, and those the data directory has commit
 /// records of, declared or not), keeping at least its `keep_records_min` newest records and
 /// always its last one. A depot no topology consumes is never trimmed. The deletion is written
-/// with a depot append, so it costs no synced write of its own; it also means a depot nobody
-/// appends to keeps what was consumed since its last append.
+/// with a depot append (to any depot), so it costs no synced write of its own; it also means
+/// that nothing is trimmed while the engine receives no appends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DepotRetention {
@@ -1624,8 +1624,8 @@ fn plan_trims(
         let kept = first_kept.get(&(depot_id, partition)).copied().unwrap_or(0);
         head.saturating_sub(keep) >= kept.saturating_add(step)
     };
-    // Most groups can trim nothing whatever the floors: say so without taking the topologies'
-    // progress locks.
+    // Until some partition's head has moved a step past its start (plus what is kept), no
+    // floor can allow a trim: say so without taking the topologies' progress locks.
     let any_trimmable = heads.iter().any(|(depot_id, heads)| {
         (0u32..)
             .zip(heads)

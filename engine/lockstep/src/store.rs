@@ -750,7 +750,19 @@ mod tests {
         let store = RocksStore::open(dir.path(), 1 << 20).expect("reopen");
         check(&store);
 
-        // A second trim deletes only from where the first one stopped.
+        // The records are gone, not only refused: a raw scan of the partition starts at the
+        // mark.
+        let first_stored = |store: &RocksStore| {
+            let mut iter = store
+                .db
+                .raw_iterator_cf(store.cf(CF_DEPOT).expect("depot cf"));
+            iter.seek(depot_key(1, 0, 0));
+            iter.key()
+                .map(|key| parse_depot_offset(key, 1, 0).expect("depot key"))
+        };
+        assert_eq!(first_stored(&store), Some(6));
+
+        // A second trim deletes from where the first one stopped.
         let second = DepotTrim {
             depot_id: 1,
             partition: 0,
@@ -759,6 +771,7 @@ mod tests {
         };
         append_records(&store, 1, 0, 12..13, &[second]);
         assert_eq!(store.first_kept_offset(1, 0).expect("first kept"), 9);
+        assert_eq!(first_stored(&store), Some(9));
         assert!(matches!(
             store.read(1, 0, 3, usize::MAX, usize::MAX),
             Err(StoreError::Trimmed {
