@@ -2194,3 +2194,60 @@ fn commit(
     ));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lockstep_core::{NoMessages, TopologyBuilder};
+
+    /// What the appender trims is gone from the depot column family, not only hidden by the
+    /// trim mark (which every public read checks first), trim after trim.
+    #[test]
+    fn trims_delete_the_records_they_cover() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let words = Depot::<String>::hashed("words", 2, |w| w.clone()).expect("depot");
+        let mut builder = TopologyBuilder::<NoMessages>::new("count", 2);
+        let counts = builder.pstate::<String, u64>("counts");
+        builder.consume(&words, move |ctx, word: String| {
+            let n = ctx.get(&counts, &word)?.unwrap_or(0) + 1;
+            ctx.put(&counts, &word, &n)
+        });
+        let mut options = EngineOptions::manual();
+        options.depot_retention = Some(DepotRetention {
+            keep_records_min: 2,
+            trim_step_records: 3,
+        });
+        let engine = Engine::builder(dir.path())
+            .options(options)
+            .depot(&words)
+            .topology(builder.build().expect("topology"))
+            .open()
+            .expect("open");
+        let depot_id = engine.shared.depot(words.spec()).expect("declared").id;
+        let mut trims_seen = 0;
+        for round in 0..6 {
+            let batch: Vec<String> = (0..10)
+                .map(|i| format!("w{}", (round * 10 + i) % 7))
+                .collect();
+            engine.append_many(&words, &batch).expect("append");
+            engine.run_until_idle().expect("batches");
+            for partition in 0..2 {
+                let first_kept = engine
+                    .depot_first_kept_offset(&words, partition)
+                    .expect("first kept");
+                let head = engine.depot_next_offset(&words, partition).expect("head");
+                let stored = engine
+                    .shared
+                    .store
+                    .depot_offsets_stored(depot_id, partition);
+                assert_eq!(
+                    stored,
+                    (first_kept..head).collect::<Vec<_>>(),
+                    "round {round} partition {partition}"
+                );
+            }
+            trims_seen = engine.append_stats().trims;
+        }
+        assert!(trims_seen >= 4, "{trims_seen} trims");
+    }
+}

@@ -189,6 +189,24 @@ impl RocksStore {
         })
     }
 
+    /// The offsets a depot partition physically holds (no trim mark consulted), for tests
+    /// that check a trim deleted what it says.
+    #[cfg(test)]
+    pub(crate) fn depot_offsets_stored(&self, depot_id: u32, partition: u32) -> Vec<u64> {
+        let cf = self.cf(CF_DEPOT).expect("depot column family");
+        let mut iter = self.db.raw_iterator_cf(cf);
+        iter.seek(depot_key(depot_id, partition, 0));
+        let mut offsets = Vec::new();
+        while let Some(key) = iter.key() {
+            match parse_depot_offset(key, depot_id, partition) {
+                Ok(offset) => offsets.push(offset),
+                Err(_) => break,
+            }
+            iter.next();
+        }
+        offsets
+    }
+
     /// Every `meta` entry whose key starts with `prefix`, in key order.
     fn meta_entries(&self, prefix: &[u8], op: &'static str) -> Result<Vec<RawEntry>, StoreError> {
         let cf = self.cf(CF_META)?;
