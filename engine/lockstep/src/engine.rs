@@ -1557,12 +1557,9 @@ fn run_appender(
             stats.write_bytes += entries.iter().map(depot_entry_bytes).sum::<u64>();
             stats.write_time_us += write_started.elapsed().as_micros() as u64;
             for trim in &trims {
-                let kept = first_kept
-                    .entry((trim.depot_id, trim.partition))
-                    .or_default();
                 stats.trims += 1;
-                stats.trimmed_records += trim.first_kept_offset - *kept;
-                *kept = trim.first_kept_offset;
+                stats.trimmed_records += trim.first_kept_offset - trim.previous_first_kept_offset;
+                first_kept.insert((trim.depot_id, trim.partition), trim.first_kept_offset);
             }
         }
         drop(entries);
@@ -1620,16 +1617,26 @@ fn plan_trims(
 ) -> Vec<DepotTrim> {
     let keep = retention.keep_records_min.max(1);
     let step = retention.trim_step_records.max(1);
-    let trimmable = |depot_id: u32, partition: u32, head: u64| {
-        let kept = first_kept.get(&(depot_id, partition)).copied().unwrap_or(0);
-        head.saturating_sub(keep) >= kept.saturating_add(step)
+    // The trim a partition may take with this floor, if it moves its start by a step.
+    let trim = |depot_id: u32, partition: u32, head: u64, floor: u64| {
+        let previous_first_kept_offset =
+            first_kept.get(&(depot_id, partition)).copied().unwrap_or(0);
+        let first_kept_offset = floor.min(head.saturating_sub(keep));
+        (first_kept_offset >= previous_first_kept_offset.saturating_add(step)).then_some(
+            DepotTrim {
+                depot_id,
+                partition,
+                previous_first_kept_offset,
+                first_kept_offset,
+            },
+        )
     };
     // Until some partition's head has moved a step past its start (plus what is kept), no
     // floor can allow a trim: say so without taking the topologies' progress locks.
     let any_trimmable = heads.iter().any(|(depot_id, heads)| {
         (0u32..)
             .zip(heads)
-            .any(|(partition, head)| trimmable(*depot_id, partition, *head))
+            .any(|(partition, head)| trim(*depot_id, partition, *head, u64::MAX).is_some())
     });
     if !any_trimmable {
         return Vec::new();
@@ -1646,27 +1653,14 @@ fn plan_trims(
             }
         }
     }
-    let mut trims = Vec::new();
-    for ((depot_id, partition), floor) in floors {
-        // Only depots declared in this run are appended to, and so trimmed.
-        let Some(head) = heads
-            .get(&depot_id)
-            .and_then(|heads| heads.get(partition as usize))
-        else {
-            continue;
-        };
-        let first_kept_offset = floor.min(head.saturating_sub(keep));
-        let kept = first_kept.get(&(depot_id, partition)).copied().unwrap_or(0);
-        if first_kept_offset >= kept.saturating_add(step) {
-            trims.push(DepotTrim {
-                depot_id,
-                partition,
-                previous_first_kept_offset: kept,
-                first_kept_offset,
-            });
-        }
-    }
-    trims
+    floors
+        .into_iter()
+        .filter_map(|((depot_id, partition), floor)| {
+            // Only depots declared in this run are appended to, and so trimmed.
+            let head = heads.get(&depot_id)?.get(partition as usize)?;
+            trim(depot_id, partition, *head, floor)
+        })
+        .collect()
 }
 
 fn write_group(

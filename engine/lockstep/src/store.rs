@@ -770,15 +770,10 @@ mod tests {
 
         // The records are gone, not only refused: a raw scan of the partition starts at the
         // mark.
-        let first_stored = |store: &RocksStore| {
-            let mut iter = store
-                .db
-                .raw_iterator_cf(store.cf(CF_DEPOT).expect("depot cf"));
-            iter.seek(depot_key(1, 0, 0));
-            iter.key()
-                .map(|key| parse_depot_offset(key, 1, 0).expect("depot key"))
-        };
-        assert_eq!(first_stored(&store), Some(6));
+        assert_eq!(
+            store.depot_offsets_stored(1, 0),
+            (6..12).collect::<Vec<_>>()
+        );
 
         // A second trim deletes from where the first one stopped.
         let second = DepotTrim {
@@ -789,7 +784,10 @@ mod tests {
         };
         append_records(&store, 1, 0, 12..13, &[second]);
         assert_eq!(store.first_kept_offset(1, 0).expect("first kept"), 9);
-        assert_eq!(first_stored(&store), Some(9));
+        assert_eq!(
+            store.depot_offsets_stored(1, 0),
+            (9..13).collect::<Vec<_>>()
+        );
         assert!(matches!(
             store.read(1, 0, 3, usize::MAX, usize::MAX),
             Err(StoreError::Trimmed {

@@ -20,16 +20,16 @@ const PARTITIONS: u32 = 4;
 #[test]
 #[ignore = "run by kill_nine_mid_load as a child process"]
 fn child_appends_until_killed() {
-    let Ok(dir) = std::env::var(CHILD_ENV) else {
-        return;
-    };
-    let ledger = ledger(PARTITIONS);
-    let engine = open(dir.as_ref(), &ledger, EngineOptions::default()).expect("open");
-    kill::append_until_killed(&engine, &ledger, |thread, i, j| Op {
-        key: (thread * 31 + i * 7 + j) % 23,
-        amount: i64::from((i + j) % 7) - 3,
-        mirror: (i + j * 5) % 19,
-    });
+    kill::run_child(
+        CHILD_ENV,
+        PARTITIONS,
+        EngineOptions::default(),
+        |thread, i, j| Op {
+            key: (thread * 31 + i * 7 + j) % 23,
+            amount: i64::from((i + j) % 7) - 3,
+            mirror: (i + j * 5) % 19,
+        },
+    );
 }
 
 #[test]

@@ -29,16 +29,16 @@ fn retention(options: EngineOptions) -> EngineOptions {
 #[test]
 #[ignore = "run by kill_nine_while_trimming as a child process"]
 fn child_appends_until_killed() {
-    let Ok(dir) = std::env::var(CHILD_ENV) else {
-        return;
-    };
-    let ledger = ledger(PARTITIONS);
-    let engine = open(dir.as_ref(), &ledger, retention(EngineOptions::default())).expect("open");
-    kill::append_until_killed(&engine, &ledger, |thread, i, j| Op {
-        key: (thread * 31 + i * 7 + j) % 23,
-        amount: 1,
-        mirror: (i + j * 5) % 19,
-    });
+    kill::run_child(
+        CHILD_ENV,
+        PARTITIONS,
+        retention(EngineOptions::default()),
+        |thread, i, j| Op {
+            key: (thread * 31 + i * 7 + j) % 23,
+            amount: 1,
+            mirror: (i + j * 5) % 19,
+        },
+    );
 }
 
 /// Records the state's ops account for: every op adds 1 to a total and 1 entry to a log.

@@ -8,9 +8,9 @@ use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lockstep::Engine;
+use lockstep::{Engine, EngineOptions};
 
-use super::{Ledger, Op};
+use super::{ledger, open, Ledger, Op};
 
 /// What the parent learned: every acknowledged `(partition, offset)` and its op.
 pub type Acked = BTreeMap<(u32, u64), Op>;
@@ -45,6 +45,23 @@ pub fn append_until_killed(
             });
         }
     });
+}
+
+/// The body of a child test: if `env` names a data directory (the parent spawned this
+/// process), opens the ledger on `partitions` there with `options` and appends until killed;
+/// otherwise (an ordinary test run) does nothing.
+pub fn run_child(
+    env: &str,
+    partitions: u32,
+    options: EngineOptions,
+    op: impl Fn(u32, u32, u32) -> Op + Sync,
+) {
+    let Ok(dir) = std::env::var(env) else {
+        return;
+    };
+    let ledger = ledger(partitions);
+    let engine = open(dir.as_ref(), &ledger, options).expect("open");
+    append_until_killed(&engine, &ledger, op);
 }
 
 /// A child process running `child_test` of this test binary, with `env` set to `dir`.
