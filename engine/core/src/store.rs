@@ -133,6 +133,10 @@ pub struct ProducerState {
     /// Digest of that call's depot and records ([`append_digest`]): a "retry" with other
     /// records under the same sequence is refused instead of answered with these ids.
     pub digest: u64,
+    /// When that call was accepted, in milliseconds since the Unix epoch (the appender's
+    /// clock, which never goes backwards): an idle producer is forgotten once this is older
+    /// than the engine's producer expiry. 0 for a state written before times were kept.
+    pub last_append_unix_ms: u64,
 }
 
 /// Deletes a depot partition's records below `first_kept_offset` (retention): written with an
@@ -189,11 +193,13 @@ pub fn append_digest<'a>(depot_id: u32, records: impl IntoIterator<Item = (u32, 
 ///   `max_seq` the largest sequence number of any durable entry of any depot; both are only
 ///   called while no append is in flight (at open).
 pub trait DepotLog: Send + Sync {
-    /// Durably appends `entries`, with `producers`' new states, as one atomic group.
+    /// Durably appends `entries`, with `producers`' new states, the deletion of the
+    /// `expired_producers`' states and the `trims`, as one atomic group.
     fn append(
         &self,
         entries: &[DepotEntry<'_>],
         producers: &[ProducerState],
+        expired_producers: &[u64],
         trims: &[DepotTrim],
     ) -> Result<(), StoreError>;
     /// Every producer's last written state.

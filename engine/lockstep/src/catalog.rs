@@ -13,8 +13,11 @@ use crate::store::RocksStore;
 
 const FORMAT_KEY: &[u8] = b"format";
 const NEXT_ID_KEY: &[u8] = b"catalog/next-id";
-/// The on-disk format this release writes and reads.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// The on-disk format this release writes. 2 added each producer state's last append time;
+/// a format-1 directory opens (its producer states read without a time) and is marked 2.
+pub(crate) const FORMAT_VERSION: u32 = 2;
+/// The oldest format this release reads.
+const FORMAT_VERSION_OLDEST: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct CatalogEntry {
@@ -98,8 +101,10 @@ pub(crate) fn resolve(
     depots: &[Arc<DepotSpec>],
     topologies: &[Topology],
 ) -> Result<Catalog, Error> {
-    match store.meta_get::<u32>(FORMAT_KEY)? {
-        Some(FORMAT_VERSION) | None => {}
+    let stored_format = store.meta_get::<u32>(FORMAT_KEY)?;
+    match stored_format {
+        Some(found) if (FORMAT_VERSION_OLDEST..=FORMAT_VERSION).contains(&found) => {}
+        None => {}
         Some(found) => {
             return Err(Error::Format {
                 found,
@@ -153,7 +158,7 @@ pub(crate) fn resolve(
             catalog.pstates.insert(pstate.name.clone(), id);
         }
     }
-    if !resolver.pending.is_empty() || store.meta_get::<u32>(FORMAT_KEY)?.is_none() {
+    if !resolver.pending.is_empty() || stored_format != Some(FORMAT_VERSION) {
         let mut entries = std::mem::take(&mut resolver.pending);
         entries.push((
             FORMAT_KEY.to_vec(),
@@ -177,4 +182,41 @@ pub(crate) fn stored_depot_partitions(
     Ok(store
         .meta_get::<CatalogEntry>(&key)?
         .map(|entry| entry.partitions))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored_format(store: &RocksStore) -> Option<u32> {
+        store.meta_get::<u32>(FORMAT_KEY).expect("read format")
+    }
+
+    /// A new directory is marked with this release's format, an older supported one is
+    /// upgraded to it, and a newer one is refused, untouched.
+    #[test]
+    fn formats_are_marked_upgraded_or_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RocksStore::open(dir.path(), 1 << 20).expect("open");
+        resolve(&store, &[], &[]).expect("new directory");
+        assert_eq!(stored_format(&store), Some(FORMAT_VERSION));
+
+        let oldest = RocksStore::encode_meta(&FORMAT_VERSION_OLDEST).expect("encode");
+        store
+            .meta_put_all(&[(FORMAT_KEY.to_vec(), oldest)])
+            .expect("put");
+        resolve(&store, &[], &[]).expect("oldest supported format");
+        assert_eq!(stored_format(&store), Some(FORMAT_VERSION));
+
+        let newer = RocksStore::encode_meta(&(FORMAT_VERSION + 1)).expect("encode");
+        store
+            .meta_put_all(&[(FORMAT_KEY.to_vec(), newer)])
+            .expect("put");
+        let refused = resolve(&store, &[], &[]);
+        assert!(matches!(
+            refused,
+            Err(Error::Format { found, supported: FORMAT_VERSION }) if found == FORMAT_VERSION + 1
+        ));
+        assert_eq!(stored_format(&store), Some(FORMAT_VERSION + 1));
+    }
 }

@@ -23,6 +23,7 @@ use crate::cache::{CachedState, StateCache};
 use crate::catalog::{self, outcome_table_name};
 use crate::error::Error;
 use crate::faults::{faulted_write, DurableWrite, StorageFaults};
+use crate::producers::{CallKind, Producers};
 use crate::snapshot::Snapshot;
 use crate::store::{depot_entry_bytes, RocksStore};
 
@@ -70,6 +71,9 @@ impl Default for DepotRetention {
         }
     }
 }
+
+/// [`EngineOptions::producer_expiry`] by default.
+const PRODUCER_EXPIRY_DEFAULT: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// [`EngineOptions::block_cache_bytes`] by default.
 const BLOCK_CACHE_BYTES_DEFAULT: usize = 64 << 20;
@@ -126,6 +130,18 @@ pub struct EngineOptions {
     /// A topology's commit record keeps the offsets of depots it no longer consumes, so
     /// those hold their records back until it returns.
     pub depot_retention: Option<DepotRetention>,
+    /// How long an idempotent producer is remembered after its last accepted append call.
+    /// A retry is recognised (answered with its first positions, written once) only while its
+    /// producer is remembered; once forgotten, the producer is new again and any call of it is
+    /// accepted, so a retry arriving later is stored a second time. Retries must come well
+    /// within this (a network client retries a call for at most `ClientConfig::retry_for`).
+    ///
+    /// 24 hours by default (Kafka's producer id expiration). The appender holds one state per
+    /// remembered producer (its last call's positions included), so this bounds what producers
+    /// cost in memory and in `meta` by the producers active in the window, not by every
+    /// producer id ever used (the network client takes a fresh id per connection). Forgetting
+    /// rides on appends: a group written after a producer's expiry deletes its state.
+    pub producer_expiry: Duration,
     /// Faults to inject into durable writes (tests and simulations); `None` in production.
     pub storage_faults: Option<StorageFaults>,
 }
@@ -142,6 +158,7 @@ impl Default for EngineOptions {
             state_cache_bytes_max: 0,
             block_cache_bytes: BLOCK_CACHE_BYTES_DEFAULT,
             depot_retention: None,
+            producer_expiry: PRODUCER_EXPIRY_DEFAULT,
             storage_faults: None,
         }
     }
@@ -365,6 +382,10 @@ pub struct AppendStats {
     pub trims: u64,
     /// Records those trims deleted.
     pub trimmed_records: u64,
+    /// Idempotent producers forgotten after [`EngineOptions::producer_expiry`] idle.
+    pub producers_expired: u64,
+    /// Idempotent producers remembered after the last group written.
+    pub producers_remembered: u64,
 }
 
 /// Totals over the batches a topology committed since the engine opened.
@@ -760,12 +781,10 @@ impl Engine {
         });
         let (append_tx, append_rx) =
             crossbeam_channel::bounded(shared.options.append_queue_max.max(1));
-        let producers = shared
-            .store
-            .load_producers()?
-            .into_iter()
-            .map(|state| (state.producer, (state.sequence, state.ids, state.digest)))
-            .collect();
+        let producers = Producers::load(
+            shared.store.load_producers()?,
+            shared.options.producer_expiry,
+        );
         // Build the handle first: if a thread fails to start, dropping it stops and joins the
         // ones already running (and closes the database).
         let mut engine = Self {
@@ -1413,11 +1432,7 @@ fn recover_progress(
 
 // ---- the appender: group commit of depot records ----
 
-fn run_appender(
-    shared: &Shared,
-    requests: &Receiver<AppendRequest>,
-    mut producers: BTreeMap<u64, (u64, Vec<RecordId>, u64)>,
-) {
+fn run_appender(shared: &Shared, requests: &Receiver<AppendRequest>, mut producers: Producers) {
     let mut next_seq = shared.durable_seq.load(Ordering::Acquire);
     let mut next_offsets: BTreeMap<u32, Vec<u64>> = shared
         .depots
@@ -1454,6 +1469,11 @@ fn run_appender(
             reply_all(group, &e);
             continue;
         }
+        // Producers idle past their expiry are forgotten before this group's calls are
+        // classified, so a call of one is new (and its state, written after the deletion,
+        // stays).
+        producers.tick();
+        let mut expired = producers.expire();
         // Decide each request: a retry gets its first call's positions (once this group is
         // durable, in case that call is in it), a stale one an error, the rest new positions.
         let mut accepted: Vec<(AppendRequest, Vec<(RecordId, u64)>)> = Vec::new();
@@ -1468,23 +1488,14 @@ fn run_appender(
                 )
             });
             if let (Some((producer, sequence)), Some(digest)) = (request.producer, digest) {
-                if let Some((last, ids, last_digest)) = producers.get(&producer) {
-                    if sequence == *last && digest == *last_digest {
-                        retries.push((request.reply, ids.clone()));
+                match producers.classify(producer, sequence, digest) {
+                    CallKind::New => {}
+                    CallKind::Retry(ids) => {
+                        retries.push((request.reply, ids));
                         continue;
                     }
-                    if sequence == *last {
-                        let _ = request
-                            .reply
-                            .send(Err(Error::SequenceReused { producer, sequence }));
-                        continue;
-                    }
-                    if sequence < *last {
-                        let _ = request.reply.send(Err(Error::StaleSequence {
-                            producer,
-                            sequence,
-                            last: *last,
-                        }));
+                    CallKind::Refused(error) => {
+                        let _ = request.reply.send(Err(error));
                         continue;
                     }
                 }
@@ -1508,13 +1519,7 @@ fn run_appender(
             }
             if let (Some((producer, sequence)), Some(digest)) = (request.producer, digest) {
                 let ids: Vec<RecordId> = positions.iter().map(|(id, _)| *id).collect();
-                producers.insert(producer, (sequence, ids.clone(), digest));
-                marks.push(ProducerState {
-                    producer,
-                    sequence,
-                    ids,
-                    digest,
-                });
+                marks.push(producers.accept(producer, sequence, ids, digest));
             }
             accepted.push((request, positions));
         }
@@ -1534,7 +1539,10 @@ fn run_appender(
                     })
             })
             .collect();
-        let nothing_to_write = entries.is_empty() && marks.is_empty();
+        // A producer that expired and called again in this group has its new state written:
+        // deleting it too would be undone by the write order, but say what is meant.
+        expired.retain(|producer| marks.iter().all(|mark| mark.producer != *producer));
+        let nothing_to_write = entries.is_empty() && marks.is_empty() && expired.is_empty();
         let trims = match shared.options.depot_retention {
             Some(retention) if !nothing_to_write => {
                 plan_trims(shared, &retention, &next_offsets, &first_kept)
@@ -1546,7 +1554,9 @@ fn run_appender(
             Ok(())
         } else {
             match shared.poison.admit() {
-                Ok(_gate) => write_group(shared, &entries, &marks, &trims).map_err(Error::from),
+                Ok(_gate) => {
+                    write_group(shared, &entries, &marks, &expired, &trims).map_err(Error::from)
+                }
                 Err(poisoned) => Err(poisoned),
             }
         };
@@ -1556,6 +1566,8 @@ fn run_appender(
             stats.records += entries.len() as u64;
             stats.write_bytes += entries.iter().map(depot_entry_bytes).sum::<u64>();
             stats.write_time_us += write_started.elapsed().as_micros() as u64;
+            stats.producers_expired += expired.len() as u64;
+            stats.producers_remembered = producers.len() as u64;
             for trim in &trims {
                 stats.trims += 1;
                 stats.trimmed_records += trim.first_kept_offset - trim.previous_first_kept_offset;
@@ -1667,6 +1679,7 @@ fn write_group(
     shared: &Shared,
     entries: &[DepotEntry<'_>],
     producers: &[ProducerState],
+    expired_producers: &[u64],
     trims: &[DepotTrim],
 ) -> Result<(), StoreError> {
     fail::fail_point!(failpoints::APPEND_BEFORE_WRITE, |_| Err(
@@ -1676,7 +1689,11 @@ fn write_group(
         shared.options.storage_faults.as_ref(),
         DurableWrite::Append,
         "depot append",
-        || shared.store.append(entries, producers, trims),
+        || {
+            shared
+                .store
+                .append(entries, producers, expired_producers, trims)
+        },
     )?;
     fail::fail_point!(failpoints::APPEND_AFTER_WRITE, |_| Err(
         StoreError::Injected(failpoints::APPEND_AFTER_WRITE)

@@ -40,7 +40,7 @@ pub enum Error {
         declared: String,
     },
     /// The data directory was written by an incompatible release.
-    #[error("data directory format {found} is not supported (this release reads {supported})")]
+    #[error("data directory format {found} is not supported (this release reads formats up to {supported})")]
     Format {
         /// What the directory says.
         found: u32,

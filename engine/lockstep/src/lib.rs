@@ -53,6 +53,7 @@ mod error;
 mod faults;
 #[cfg(feature = "net")]
 pub mod net;
+mod producers;
 mod snapshot;
 mod store;
 

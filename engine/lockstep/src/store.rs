@@ -50,6 +50,28 @@ pub(crate) fn depot_entry_bytes(entry: &DepotEntry<'_>) -> u64 {
 
 const PRODUCER_PREFIX: &[u8] = b"producer/";
 
+/// A producer state as format 1 wrote it, before the last append's time was kept. Such states
+/// stay on disk until their producer appends again or expires, so they are read for good.
+#[derive(serde::Deserialize)]
+struct ProducerStateV1 {
+    producer: u64,
+    sequence: u64,
+    ids: Vec<lockstep_core::RecordId>,
+    digest: u64,
+}
+
+impl From<ProducerStateV1> for ProducerState {
+    fn from(v1: ProducerStateV1) -> Self {
+        Self {
+            producer: v1.producer,
+            sequence: v1.sequence,
+            ids: v1.ids,
+            digest: v1.digest,
+            last_append_unix_ms: 0,
+        }
+    }
+}
+
 const TRIM_PREFIX: &[u8] = b"trim/";
 
 /// Where a trimmed depot partition's kept records start: `trim/[depot id u32 BE][partition
@@ -269,12 +291,18 @@ impl DepotLog for RocksStore {
         &self,
         entries: &[DepotEntry<'_>],
         producers: &[ProducerState],
+        expired_producers: &[u64],
         trims: &[DepotTrim],
     ) -> Result<(), StoreError> {
         let cf = self.cf(CF_DEPOT)?;
         let mut batch = WriteBatch::default();
-        if !producers.is_empty() || !trims.is_empty() {
+        if !producers.is_empty() || !expired_producers.is_empty() || !trims.is_empty() {
             let meta = self.cf(CF_META)?;
+            // Deletions first: a producer that expired and appended again in one group keeps
+            // the state its new call wrote.
+            for producer in expired_producers {
+                batch.delete_cf(meta, producer_key(*producer));
+            }
             for state in producers {
                 batch.put_cf(
                     meta,
@@ -396,7 +424,12 @@ impl DepotLog for RocksStore {
         self.meta_entries(PRODUCER_PREFIX, "producer scan")?
             .into_iter()
             .map(|(_, value)| {
-                decode_envelope(&value)
+                decode_envelope::<ProducerState>(&value)
+                    .or_else(|e| {
+                        decode_envelope::<ProducerStateV1>(&value)
+                            .map(ProducerState::from)
+                            .map_err(|_| e)
+                    })
                     .map_err(|e| StoreError::Corruption(format!("producer state: {e}")))
             })
             .collect()
@@ -600,6 +633,66 @@ mod tests {
     use super::*;
     use lockstep_core::store::WriteSet;
 
+    fn producer_state(producer: u64, sequence: u64, last_append_unix_ms: u64) -> ProducerState {
+        ProducerState {
+            producer,
+            sequence,
+            ids: vec![lockstep_core::RecordId {
+                depot_id: 1,
+                partition: 2,
+                offset: sequence,
+            }],
+            digest: producer ^ sequence,
+            last_append_unix_ms,
+        }
+    }
+
+    /// Producer states read back as written; an append that names a producer as expired
+    /// deletes its state, unless the same group writes it a new one (its new call); a state
+    /// stored in format 1's layout, without a time, reads with time 0.
+    #[test]
+    fn producer_states_round_trip_expire_and_read_the_old_layout() {
+        #[derive(serde::Serialize)]
+        struct V1Layout {
+            producer: u64,
+            sequence: u64,
+            ids: Vec<lockstep_core::RecordId>,
+            digest: u64,
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RocksStore::open(dir.path(), 1 << 20).expect("open");
+        let (one, two) = (producer_state(1, 4, 1_000), producer_state(2, 9, 2_000));
+        store
+            .append(&[], &[one.clone(), two.clone()], &[], &[])
+            .expect("append");
+        assert_eq!(
+            store.load_producers().expect("load"),
+            vec![one, two.clone()]
+        );
+        let three = producer_state(3, 1, 3_000);
+        store
+            .append(&[], std::slice::from_ref(&three), &[1, 3], &[])
+            .expect("append");
+        assert_eq!(
+            store.load_producers().expect("load"),
+            vec![two.clone(), three.clone()]
+        );
+        let old = producer_state(4, 6, 0);
+        let old_value = RocksStore::encode_meta(&V1Layout {
+            producer: old.producer,
+            sequence: old.sequence,
+            ids: old.ids.clone(),
+            digest: old.digest,
+        })
+        .expect("encode");
+        store
+            .meta_put_all(&[(producer_key(4), old_value)])
+            .expect("put");
+        drop(store);
+        let store = RocksStore::open(dir.path(), 1 << 20).expect("reopen");
+        assert_eq!(store.load_producers().expect("load"), vec![two, three, old]);
+    }
+
     #[test]
     fn a_depot_value_is_counted_as_append_writes_it_and_reads_back() {
         let entry = DepotEntry {
@@ -710,7 +803,7 @@ mod tests {
                 bytes,
             })
             .collect();
-        store.append(&entries, &[], trims).expect("append");
+        store.append(&entries, &[], &[], trims).expect("append");
     }
 
     /// A trim deletes its partition's prefix and nothing else, moves the partition's start,

@@ -82,6 +82,10 @@ enum Cmd {
         /// partition (default: keep every record).
         #[arg(long)]
         keep_depot_records: Option<u64>,
+        /// Forget a client (an idempotent producer) this many seconds after its last append;
+        /// a retry must come sooner to be recognised (default: a day).
+        #[arg(long)]
+        producer_expiry_secs: Option<u64>,
     },
     /// Append commands read as JSON Lines from stdin; one JSON line out per line in, in order.
     Append {
@@ -190,7 +194,15 @@ fn main() -> ExitCode {
             partitions,
             token,
             keep_depot_records,
-        } => remote::serve(&data, listen, partitions, token, keep_depot_records),
+            producer_expiry_secs,
+        } => remote::serve(
+            &data,
+            listen,
+            partitions,
+            token,
+            keep_depot_records,
+            producer_expiry_secs.map(Duration::from_secs),
+        ),
         Cmd::Append {
             server,
             wait,

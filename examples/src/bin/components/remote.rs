@@ -50,6 +50,7 @@ pub fn serve(
     partitions: Option<u32>,
     token: Option<String>,
     keep_depot_records: Option<u64>,
+    producer_expiry: Option<Duration>,
 ) -> anyhow::Result<ExitCode> {
     let stored = if data.join("CURRENT").exists() {
         Engine::stored_depot_partitions(data, DEPOT)?
@@ -73,6 +74,9 @@ pub fn serve(
         retention.keep_records_min = keep;
         retention
     });
+    if let Some(expiry) = producer_expiry {
+        options.producer_expiry = expiry;
+    }
     let engine = Engine::builder(data)
         .options(options)
         .depot(&handles.commands)
