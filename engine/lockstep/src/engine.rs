@@ -23,7 +23,7 @@ use crate::cache::{CachedState, StateCache};
 use crate::catalog::{self, outcome_table_name};
 use crate::error::Error;
 use crate::faults::{faulted_write, DurableWrite, StorageFaults};
-use crate::producers::{CallKind, Producers};
+use crate::producers::{CallKind, Producers, EXPIRED_PER_GROUP_MAX};
 use crate::snapshot::Snapshot;
 use crate::store::{depot_entry_bytes, RocksStore};
 
@@ -134,13 +134,16 @@ pub struct EngineOptions {
     /// A retry is recognised (answered with its first positions, written once) only while its
     /// producer is remembered; once forgotten, the producer is new again and any call of it is
     /// accepted, so a retry arriving later is stored a second time. Retries must come well
-    /// within this (a network client retries a call for at most `ClientConfig::retry_for`).
+    /// within this: a network client's own retries stop after `ClientConfig::retry_for`, and
+    /// an application that retries a call in doubt later must do so within the expiry. Zero
+    /// forgets every producer at the next group, which turns deduplication off.
     ///
     /// 24 hours by default (Kafka's producer id expiration). The appender holds one state per
     /// remembered producer (its last call's positions included), so this bounds what producers
     /// cost in memory and in `meta` by the producers active in the window, not by every
-    /// producer id ever used (the network client takes a fresh id per connection). Forgetting
-    /// rides on appends: a group written after a producer's expiry deletes its state.
+    /// producer id ever used (each network `Client` takes a fresh id). Forgetting rides on
+    /// appends: a group written after a producer's expiry deletes its state (at most 4096
+    /// states a group, oldest first).
     pub producer_expiry: Duration,
     /// Faults to inject into durable writes (tests and simulations); `None` in production.
     pub storage_faults: Option<StorageFaults>,
@@ -382,9 +385,10 @@ pub struct AppendStats {
     pub trims: u64,
     /// Records those trims deleted.
     pub trimmed_records: u64,
-    /// Idempotent producers forgotten after [`EngineOptions::producer_expiry`] idle.
+    /// Idempotent producers forgotten after [`EngineOptions::producer_expiry`] idle (those
+    /// that called again in the group that forgot them included).
     pub producers_expired: u64,
-    /// Idempotent producers remembered after the last group written.
+    /// Idempotent producers remembered: at the open, then after each group written.
     pub producers_remembered: u64,
 }
 
@@ -781,10 +785,14 @@ impl Engine {
         });
         let (append_tx, append_rx) =
             crossbeam_channel::bounded(shared.options.append_queue_max.max(1));
-        let producers = Producers::load(
+        let (producers, dated) = Producers::load(
             shared.store.load_producers()?,
             shared.options.producer_expiry,
         );
+        if !dated.is_empty() {
+            shared.store.append(&[], &dated, &[], &[])?;
+        }
+        lock(&shared.append_stats).producers_remembered = producers.len() as u64;
         // Build the handle first: if a thread fails to start, dropping it stops and joins the
         // ones already running (and closes the database).
         let mut engine = Self {
@@ -1473,7 +1481,8 @@ fn run_appender(shared: &Shared, requests: &Receiver<AppendRequest>, mut produce
         // classified, so a call of one is new (and its state, written after the deletion,
         // stays).
         producers.tick();
-        let mut expired = producers.expire();
+        let mut expired = producers.expire(EXPIRED_PER_GROUP_MAX);
+        let expired_count = expired.len() as u64;
         // Decide each request: a retry gets its first call's positions (once this group is
         // durable, in case that call is in it), a stale one an error, the rest new positions.
         let mut accepted: Vec<(AppendRequest, Vec<(RecordId, u64)>)> = Vec::new();
@@ -1541,7 +1550,8 @@ fn run_appender(shared: &Shared, requests: &Receiver<AppendRequest>, mut produce
             .collect();
         // A producer that expired and called again in this group has its new state written:
         // deleting it too would be undone by the write order, but say what is meant.
-        expired.retain(|producer| marks.iter().all(|mark| mark.producer != *producer));
+        let called_again: BTreeSet<u64> = marks.iter().map(|mark| mark.producer).collect();
+        expired.retain(|producer| !called_again.contains(producer));
         let nothing_to_write = entries.is_empty() && marks.is_empty() && expired.is_empty();
         let trims = match shared.options.depot_retention {
             Some(retention) if !nothing_to_write => {
@@ -1566,7 +1576,7 @@ fn run_appender(shared: &Shared, requests: &Receiver<AppendRequest>, mut produce
             stats.records += entries.len() as u64;
             stats.write_bytes += entries.iter().map(depot_entry_bytes).sum::<u64>();
             stats.write_time_us += write_started.elapsed().as_micros() as u64;
-            stats.producers_expired += expired.len() as u64;
+            stats.producers_expired += expired_count;
             stats.producers_remembered = producers.len() as u64;
             for trim in &trims {
                 stats.trims += 1;
@@ -2210,6 +2220,71 @@ fn commit(
 mod tests {
     use super::*;
     use lockstep_core::{NoMessages, TopologyBuilder};
+
+    /// A producer state stored without a time (format 1) is dated with the open and written
+    /// back before the engine runs, so the next open does not date it anew (an engine
+    /// restarted more often than the expiry would otherwise keep it forever), and it expires
+    /// by that date.
+    #[test]
+    fn untimed_producer_states_are_dated_once_at_the_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let words = Depot::<String>::hashed("words", 2, |w| w.clone()).expect("depot");
+        let open = |expiry: Duration| {
+            let mut options = EngineOptions::manual();
+            options.producer_expiry = expiry;
+            Engine::builder(dir.path())
+                .options(options)
+                .depot(&words)
+                .open()
+                .expect("open")
+        };
+        drop(open(Duration::from_secs(3600)));
+        let untimed = ProducerState {
+            producer: 77,
+            sequence: 4,
+            ids: vec![RecordId {
+                depot_id: 1,
+                partition: 0,
+                offset: 0,
+            }],
+            digest: 9,
+            last_append_unix_ms: 0,
+        };
+        {
+            let store = RocksStore::open(dir.path(), 1 << 20).expect("raw open");
+            store.put_format_1_producer_state(&untimed).expect("put");
+        }
+        let before_open = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_millis() as u64;
+        let engine = open(Duration::from_secs(3600));
+        assert_eq!(engine.append_stats().producers_remembered, 1);
+        let stored = engine.shared.store.load_producers().expect("load");
+        let [dated] = stored.as_slice() else {
+            panic!("one producer state expected, found {stored:?}");
+        };
+        assert!(dated.last_append_unix_ms >= before_open, "{dated:?}");
+        assert_eq!(
+            ProducerState {
+                last_append_unix_ms: 0,
+                ..dated.clone()
+            },
+            untimed
+        );
+        drop(engine);
+        // Reopened once that date is past the expiry, the first group forgets it.
+        std::thread::sleep(Duration::from_millis(50));
+        let engine = open(Duration::from_millis(10));
+        engine.append(&words, &"w".to_string()).expect("append");
+        assert_eq!(engine.append_stats().producers_expired, 1);
+        assert!(engine
+            .shared
+            .store
+            .load_producers()
+            .expect("load")
+            .is_empty());
+    }
 
     /// What the appender trims is gone from the depot column family, not only hidden by the
     /// trim mark (which every public read checks first), trim after trim.

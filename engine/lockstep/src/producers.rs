@@ -21,6 +21,10 @@ pub(crate) enum CallKind {
     Refused(Error),
 }
 
+/// Most producers one group forgets: after a long pause, a server with many past clients
+/// deletes their states over several groups instead of in one large write.
+pub(crate) const EXPIRED_PER_GROUP_MAX: usize = 4096;
+
 /// The last accepted call of every producer not yet expired.
 pub(crate) struct Producers {
     /// Producers idle longer than this are forgotten (in milliseconds).
@@ -28,8 +32,9 @@ pub(crate) struct Producers {
     states: BTreeMap<u64, ProducerState>,
     /// `(last append time, producer)` of every state, oldest first: what expires next.
     by_last_append: BTreeSet<(u64, u64)>,
-    /// The latest time read from the system clock: a clock stepped back does not make a
-    /// producer look younger than a call it already made, nor older ones expire late.
+    /// The latest time read from the system clock in this process: a clock stepped back while
+    /// the engine runs neither dates a call before an earlier one nor delays expiry. (Across
+    /// a restart, a clock stepped back only makes stored states expire late.)
     clock_unix_ms: u64,
 }
 
@@ -62,9 +67,21 @@ impl Producers {
         producers
     }
 
-    /// The table as stored, with the system clock's time as the open.
-    pub(crate) fn load(stored: Vec<ProducerState>, expiry: Duration) -> Self {
-        Self::new(stored, expiry, system_unix_ms())
+    /// The table as stored, with the system clock's time as the open; also the states that
+    /// had no time (format 1), dated with the open, to be written back before the appender
+    /// starts: otherwise every reopen would date them anew, and an engine restarted more
+    /// often than the expiry would keep them forever.
+    pub(crate) fn load(stored: Vec<ProducerState>, expiry: Duration) -> (Self, Vec<ProducerState>) {
+        let open_unix_ms = system_unix_ms();
+        let dated = stored
+            .iter()
+            .filter(|state| state.last_append_unix_ms == 0)
+            .map(|state| ProducerState {
+                last_append_unix_ms: open_unix_ms,
+                ..state.clone()
+            })
+            .collect();
+        (Self::new(stored, expiry, open_unix_ms), dated)
     }
 
     /// Advances the table's clock to the system clock (never backwards) and returns it.
@@ -77,16 +94,16 @@ impl Producers {
         self.clock_unix_ms
     }
 
-    /// Forgets every producer whose last accepted call is more than the expiry before the
-    /// table's clock, and returns them in ascending id order (their stored states are to be
-    /// deleted with the next write).
-    pub(crate) fn expire(&mut self) -> Vec<u64> {
+    /// Forgets the producers whose last accepted call is more than the expiry before the
+    /// table's clock, oldest first and at most `count_max` of them, and returns them in
+    /// ascending id order (their stored states are to be deleted with the next write).
+    pub(crate) fn expire(&mut self, count_max: usize) -> Vec<u64> {
         let Some(cutoff) = self.clock_unix_ms.checked_sub(self.expiry_ms) else {
             return Vec::new();
         };
         let mut expired = Vec::new();
         while let Some(&(last_append_unix_ms, producer)) = self.by_last_append.first() {
-            if last_append_unix_ms >= cutoff {
+            if last_append_unix_ms >= cutoff || expired.len() >= count_max {
                 break;
             }
             self.by_last_append.pop_first();
@@ -201,16 +218,16 @@ mod tests {
         let mut producers =
             Producers::new(vec![state(1, 3, 1_000), state(2, 8, 1_050)], expiry, 1_060);
         producers.advance_to(1_100);
-        assert_eq!(producers.expire(), Vec::<u64>::new());
+        assert_eq!(producers.expire(usize::MAX), Vec::<u64>::new());
         producers.advance_to(1_101);
         producers.accept(2, 9, vec![id(9)], 7);
-        assert_eq!(producers.expire(), vec![1]);
+        assert_eq!(producers.expire(usize::MAX), vec![1]);
         assert_eq!(producers.len(), 1);
         assert!(matches!(producers.classify(1, 0, 7), CallKind::New));
         producers.advance_to(1_201);
-        assert_eq!(producers.expire(), Vec::<u64>::new());
+        assert_eq!(producers.expire(usize::MAX), Vec::<u64>::new());
         producers.advance_to(1_202);
-        assert_eq!(producers.expire(), vec![2]);
+        assert_eq!(producers.expire(usize::MAX), vec![2]);
         assert_eq!(producers.len(), 0);
     }
 
@@ -221,18 +238,26 @@ mod tests {
         let expiry = Duration::from_millis(10);
         let mut producers = Producers::new(vec![state(4, 1, 0)], expiry, 5_000);
         producers.advance_to(5_010);
-        assert_eq!(producers.expire(), Vec::<u64>::new());
+        assert_eq!(producers.expire(usize::MAX), Vec::<u64>::new());
         assert_eq!(producers.advance_to(4_000), 5_010);
         let accepted = producers.accept(5, 1, vec![id(1)], 7);
         assert_eq!(accepted.last_append_unix_ms, 5_010);
         producers.advance_to(5_011);
-        assert_eq!(producers.expire(), vec![4]);
+        assert_eq!(producers.expire(usize::MAX), vec![4]);
     }
 
+    /// Expired producers come out in id order; a capped expiry takes the oldest first and
+    /// leaves the rest for the next group.
     #[test]
-    fn expired_producers_come_out_in_id_order() {
-        let stored = vec![state(30, 1, 100), state(10, 1, 300), state(20, 1, 200)];
+    fn expired_producers_come_out_oldest_first_in_id_order() {
+        let stored = vec![
+            state(30, 1, 100),
+            state(10, 1, 300),
+            state(20, 1, 200),
+            state(40, 1, 400),
+        ];
         let mut producers = Producers::new(stored, Duration::from_millis(1), 1_000);
-        assert_eq!(producers.expire(), vec![10, 20, 30]);
+        assert_eq!(producers.expire(2), vec![20, 30]);
+        assert_eq!(producers.expire(usize::MAX), vec![10, 40]);
     }
 }

@@ -246,6 +246,28 @@ impl RocksStore {
             .collect()
     }
 
+    /// Stores `state` as format 1 laid it out, without its time (for tests of the upgrade).
+    #[cfg(test)]
+    pub(crate) fn put_format_1_producer_state(
+        &self,
+        state: &ProducerState,
+    ) -> Result<(), StoreError> {
+        #[derive(serde::Serialize)]
+        struct V1Layout<'a> {
+            producer: u64,
+            sequence: u64,
+            ids: &'a [lockstep_core::RecordId],
+            digest: u64,
+        }
+        let value = Self::encode_meta(&V1Layout {
+            producer: state.producer,
+            sequence: state.sequence,
+            ids: &state.ids,
+            digest: state.digest,
+        })?;
+        self.meta_put_all(&[(producer_key(state.producer), value)])
+    }
+
     /// Every stored commit record, by topology id: those of topologies the engine was not
     /// opened with still hold records back from retention.
     pub(crate) fn commit_records(&self) -> Result<Vec<(u32, CommitRecord)>, StoreError> {
@@ -652,13 +674,6 @@ mod tests {
     /// stored in format 1's layout, without a time, reads with time 0.
     #[test]
     fn producer_states_round_trip_expire_and_read_the_old_layout() {
-        #[derive(serde::Serialize)]
-        struct V1Layout {
-            producer: u64,
-            sequence: u64,
-            ids: Vec<lockstep_core::RecordId>,
-            digest: u64,
-        }
         let dir = tempfile::tempdir().expect("tempdir");
         let store = RocksStore::open(dir.path(), 1 << 20).expect("open");
         let (one, two) = (producer_state(1, 4, 1_000), producer_state(2, 9, 2_000));
@@ -678,16 +693,7 @@ mod tests {
             vec![two.clone(), three.clone()]
         );
         let old = producer_state(4, 6, 0);
-        let old_value = RocksStore::encode_meta(&V1Layout {
-            producer: old.producer,
-            sequence: old.sequence,
-            ids: old.ids.clone(),
-            digest: old.digest,
-        })
-        .expect("encode");
-        store
-            .meta_put_all(&[(producer_key(4), old_value)])
-            .expect("put");
+        store.put_format_1_producer_state(&old).expect("put");
         drop(store);
         let store = RocksStore::open(dir.path(), 1 << 20).expect("reopen");
         assert_eq!(store.load_producers().expect("load"), vec![two, three, old]);

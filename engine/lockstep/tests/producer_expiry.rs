@@ -10,9 +10,11 @@ use std::time::Duration;
 use common::{ledger, open, sample_ops as ops, stored_records as stored};
 use lockstep::{EngineOptions, Error};
 
-/// Short enough to wait out in a test, long enough that calls made back to back stay well
-/// inside it on a loaded machine.
-const EXPIRY: Duration = Duration::from_millis(1000);
+/// Short enough to wait out in a test, long enough that calls made back to back (each one
+/// fsync) stay well inside it on a loaded machine.
+const EXPIRY: Duration = Duration::from_secs(3);
+/// What the tests allow for calls, fsyncs and scheduling on either side of the expiry.
+const MARGIN: Duration = Duration::from_millis(500);
 
 fn options(producer_expiry: Duration) -> EngineOptions {
     let mut options = EngineOptions::manual();
@@ -22,7 +24,7 @@ fn options(producer_expiry: Duration) -> EngineOptions {
 
 /// Waits until more than `EXPIRY` has passed since the calls just made.
 fn outwait_expiry() {
-    std::thread::sleep(EXPIRY + Duration::from_millis(200));
+    std::thread::sleep(EXPIRY + MARGIN);
 }
 
 #[test]
@@ -52,12 +54,13 @@ fn idle_producers_are_forgotten_and_active_ones_are_not() {
     assert_eq!(stored(&engine, &ledger), 4);
 
     // Half the window later the active producer calls again, then the rest of the window
-    // passes: only the idle one has been quiet for longer than the expiry.
+    // passes and a margin: only the idle one has been quiet for longer than the expiry (the
+    // active one for half of it and the margin, a second short of it).
     std::thread::sleep(EXPIRY / 2);
     engine
         .append_many_idempotent(&ledger.ops, &ops(1), active, 1)
         .expect("append");
-    std::thread::sleep(EXPIRY / 2 + Duration::from_millis(200));
+    std::thread::sleep(EXPIRY / 2 + MARGIN);
     engine
         .append_many_idempotent(&ledger.ops, &ops(1), active, 2)
         .expect("append, which forgets the idle producer");
@@ -135,4 +138,38 @@ fn a_producers_idle_time_survives_a_reopen() {
         busy_first
     );
     assert_eq!(stored(&engine, &ledger), 5);
+}
+
+/// A group whose only call is a retry (which writes nothing) is still written when a producer
+/// expired before it: the deletion is not left to a later write, or after a reopen with a
+/// longer expiry the forgotten producer's old state would be back.
+#[test]
+fn a_group_of_retries_alone_still_deletes_expired_states() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = ledger(2);
+    let engine = open(dir.path(), &ledger, options(EXPIRY)).expect("open");
+    let (idle, live) = (0xf66, 0xf77);
+    engine
+        .append_many_idempotent(&ledger.ops, &ops(1), idle, 4)
+        .expect("append");
+    std::thread::sleep(EXPIRY / 2);
+    let first = engine
+        .append_many_idempotent(&ledger.ops, &ops(2), live, 0)
+        .expect("append");
+    std::thread::sleep(EXPIRY / 2 + MARGIN);
+    assert_eq!(
+        engine
+            .append_many_idempotent(&ledger.ops, &ops(2), live, 0)
+            .expect("a retry, the group's only call"),
+        first
+    );
+    assert_eq!(engine.append_stats().producers_expired, 1);
+    assert_eq!(stored(&engine, &ledger), 3);
+    drop(engine);
+
+    let engine = open(dir.path(), &ledger, options(Duration::from_secs(3600))).expect("reopen");
+    engine
+        .append_many_idempotent(&ledger.ops, &ops(1), idle, 0)
+        .expect("sequence 0 of the forgotten producer is a new call");
+    assert_eq!(stored(&engine, &ledger), 4);
 }

@@ -91,8 +91,9 @@ pub enum ReadResult {
 /// A connection to a Lockstep server. One call at a time (`&mut self`); open several clients
 /// for concurrency. Each client is an idempotent producer with a random id: its appends are
 /// numbered, and a retried append is applied once, as long as the server still remembers the
-/// client's producer id (for `EngineOptions::producer_expiry` after its last append, 24 hours
-/// by default: far longer than any `retry_for`).
+/// client's producer id: for `EngineOptions::producer_expiry` after its last accepted append,
+/// 24 hours by default. The client's own retries stop after `retry_for`; a call retried later
+/// by the application must come within the expiry too.
 pub struct Client {
     address: String,
     config: ClientConfig,

@@ -83,8 +83,9 @@ enum Cmd {
         #[arg(long)]
         keep_depot_records: Option<u64>,
         /// Forget a client (an idempotent producer) this many seconds after its last append;
-        /// a retry must come sooner to be recognised (default: a day).
-        #[arg(long)]
+        /// a retry must come sooner to be recognised (default: a day). At least 1: 0 would
+        /// forget every client at once and so turn retry deduplication off.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         producer_expiry_secs: Option<u64>,
     },
     /// Append commands read as JSON Lines from stdin; one JSON line out per line in, in order.
