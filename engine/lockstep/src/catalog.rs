@@ -94,6 +94,87 @@ impl Resolver<'_> {
     }
 }
 
+const TOPOLOGY_PREFIX: &str = "catalog/topology/";
+const PSTATE_PREFIX: &str = "catalog/pstate/";
+
+/// A topology removed from the directory by [`retire`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RetiredTopology {
+    pub(crate) name: String,
+    pub(crate) id: u32,
+    /// Its PStates (outcome table included), by name, with their ids.
+    pub(crate) pstates: Vec<(String, u32)>,
+}
+
+/// The directory's format (`None` for a new one), if this release reads it (recovery step
+/// R1a).
+pub(crate) fn check_format(store: &RocksStore) -> Result<Option<u32>, Error> {
+    let stored_format = store.meta_get::<u32>(FORMAT_KEY)?;
+    match stored_format {
+        Some(found) if !(FORMAT_VERSION_OLDEST..=FORMAT_VERSION).contains(&found) => {
+            Err(Error::Format {
+                found,
+                supported: FORMAT_VERSION,
+            })
+        }
+        _ => Ok(stored_format),
+    }
+}
+
+/// Retires the topologies `names` (recovery step R1a): in one synced write, deletes each one's
+/// catalog entry, its PStates' catalog entries and every entry in them, and its commit
+/// record. Names the directory does not hold are skipped, so reopening with the same
+/// retirements does nothing more. Runs before [`resolve`], so a retired topology's names
+/// can be declared again, as new.
+pub(crate) fn retire(store: &RocksStore, names: &[String]) -> Result<Vec<RetiredTopology>, Error> {
+    let mut retired = Vec::new();
+    if names.is_empty() {
+        return Ok(retired);
+    }
+    let mut pstates: Vec<(String, CatalogEntry)> = Vec::new();
+    for (key, value) in store.meta_entries_with_prefix(PSTATE_PREFIX.as_bytes())? {
+        let name = key
+            .get(PSTATE_PREFIX.len()..)
+            .and_then(|name| std::str::from_utf8(name).ok())
+            .ok_or_else(|| StoreError::Corruption(format!("malformed catalog key {key:02x?}")))?;
+        let entry: CatalogEntry = lockstep_core::decode_envelope(&value)
+            .map_err(|e| StoreError::Corruption(format!("catalog entry of {name:?}: {e}")))?;
+        pstates.push((name.to_string(), entry));
+    }
+    let mut catalog_keys = Vec::new();
+    for name in names {
+        let key = format!("{TOPOLOGY_PREFIX}{name}").into_bytes();
+        let Some(entry) = store.meta_get::<CatalogEntry>(&key)? else {
+            continue;
+        };
+        catalog_keys.push(key);
+        let owned: Vec<(String, u32)> = pstates
+            .iter()
+            .filter(|(_, pstate)| pstate.owner.as_deref() == Some(name.as_str()))
+            .map(|(pstate_name, pstate)| (pstate_name.clone(), pstate.id))
+            .collect();
+        catalog_keys.extend(
+            owned
+                .iter()
+                .map(|(pstate_name, _)| format!("{PSTATE_PREFIX}{pstate_name}").into_bytes()),
+        );
+        retired.push(RetiredTopology {
+            name: name.clone(),
+            id: entry.id,
+            pstates: owned,
+        });
+    }
+    if !retired.is_empty() {
+        let topology_ids: Vec<u32> = retired.iter().map(|t| t.id).collect();
+        let pstate_ids: Vec<u32> = retired
+            .iter()
+            .flat_map(|t| t.pstates.iter().map(|(_, id)| *id))
+            .collect();
+        store.delete_topologies(&catalog_keys, &topology_ids, &pstate_ids)?;
+    }
+    Ok(retired)
+}
+
 /// Loads ids for every declared name, assigning (and durably recording) ids to new ones, and
 /// refuses declarations that contradict the data directory.
 pub(crate) fn resolve(
@@ -101,17 +182,7 @@ pub(crate) fn resolve(
     depots: &[Arc<DepotSpec>],
     topologies: &[Topology],
 ) -> Result<Catalog, Error> {
-    let stored_format = store.meta_get::<u32>(FORMAT_KEY)?;
-    match stored_format {
-        Some(found) if (FORMAT_VERSION_OLDEST..=FORMAT_VERSION).contains(&found) => {}
-        None => {}
-        Some(found) => {
-            return Err(Error::Format {
-                found,
-                supported: FORMAT_VERSION,
-            })
-        }
-    }
+    let stored_format = check_format(store)?;
     let next_id = store.meta_get::<u32>(NEXT_ID_KEY)?.unwrap_or(1);
     let mut resolver = Resolver {
         store,

@@ -515,6 +515,7 @@ pub struct EngineBuilder {
     options: EngineOptions,
     depots: Vec<DeclaredDepot>,
     topologies: Vec<Topology>,
+    retired_topologies: Vec<String>,
 }
 
 impl std::fmt::Debug for EngineBuilder {
@@ -556,6 +557,22 @@ impl EngineBuilder {
     /// Declares a topology. Every depot it consumes must be declared too.
     pub fn topology(mut self, topology: Topology) -> Self {
         self.topologies.push(topology);
+        self
+    }
+
+    /// Retires a topology that will not be declared again as it was: at the open, in one
+    /// synced write, its PStates (its outcome table included) are deleted with everything in
+    /// them, its names leave the catalog, and its commit record goes, so it no longer holds
+    /// its depots' records back from retention
+    /// ([`EngineOptions::depot_retention`]). Nothing of it can be read afterwards.
+    ///
+    /// Declaring the name later starts a new topology: new ids, empty PStates, each depot
+    /// partition read from its first kept record. A name the directory does not hold is
+    /// skipped (with a warning in the log), so a program may keep retiring a topology on
+    /// every open. Declaring and retiring one name in one engine is refused with
+    /// [`Error::RetiredAndDeclared`].
+    pub fn retire_topology(mut self, name: &str) -> Self {
+        self.retired_topologies.push(name.to_string());
         self
     }
 
@@ -634,6 +651,7 @@ impl Engine {
             options: EngineOptions::default(),
             depots: Vec::new(),
             topologies: Vec::new(),
+            retired_topologies: Vec::new(),
         }
     }
 
@@ -663,7 +681,30 @@ impl Engine {
             op: "create data directory",
             message: e.to_string(),
         })?;
+        if let Some(both) = builder
+            .retired_topologies
+            .iter()
+            .find(|name| builder.topologies.iter().any(|t| t.name() == name.as_str()))
+        {
+            return Err(Error::RetiredAndDeclared(both.clone()));
+        }
         let store = RocksStore::open(&builder.path, builder.options.block_cache_bytes)?;
+        catalog::check_format(&store)?;
+        let retired = catalog::retire(&store, &builder.retired_topologies)?;
+        for name in &builder.retired_topologies {
+            match retired.iter().find(|t| t.name == *name) {
+                Some(topology) => tracing::info!(
+                    topology = name,
+                    id = topology.id,
+                    pstates = ?topology.pstates,
+                    "retired topology: its PStates, catalog entries and commit record are deleted"
+                ),
+                None => tracing::warn!(
+                    topology = name,
+                    "retire_topology: the data directory holds no such topology"
+                ),
+            }
+        }
         let specs: Vec<Arc<DepotSpec>> = builder.depots.iter().map(|d| d.spec.clone()).collect();
         let catalog = catalog::resolve(&store, &specs, &builder.topologies)?;
         fail::fail_point!(failpoints::RECOVERY_AFTER_CATALOG, |_| Err(Error::Store(
@@ -2220,6 +2261,91 @@ fn commit(
 mod tests {
     use super::*;
     use lockstep_core::{NoMessages, TopologyBuilder};
+
+    /// Retiring a topology deletes every entry of its PStates, its outcome table included,
+    /// and its catalog entries and commit record; another topology's state is untouched.
+    #[test]
+    fn retiring_a_topology_deletes_its_state_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let words = Depot::<String>::hashed("words", 2, |w| w.clone()).expect("depot");
+        let counter = |name: &str| {
+            let mut builder = TopologyBuilder::<NoMessages>::new(name, 2);
+            let counts = builder.pstate::<String, u64>(&format!("{name}-counts"));
+            builder.consume(&words, move |ctx, word: String| {
+                let n = ctx.get(&counts, &word)?.unwrap_or(0) + 1;
+                ctx.put(&counts, &word, &n)?;
+                ctx.record_outcome(&n)
+            });
+            builder.build().expect("topology")
+        };
+        let open = |builder: EngineBuilder| {
+            builder
+                .options(EngineOptions::manual())
+                .depot(&words)
+                .topology(counter("kept"))
+                .open()
+                .expect("open")
+        };
+        let engine = open(Engine::builder(dir.path()).topology(counter("gone")));
+        let ids = |engine: &Engine, topology: &str| -> Vec<u32> {
+            [format!("{topology}-counts"), outcome_table_name(topology)]
+                .iter()
+                .map(|name| engine.shared.pstates[name].1)
+                .collect()
+        };
+        let (gone_ids, kept_ids) = (ids(&engine, "gone"), ids(&engine, "kept"));
+        let words_appended: Vec<String> = (0..20).map(|i| format!("w{}", i % 6)).collect();
+        engine.append_many(&words, &words_appended).expect("append");
+        engine.run_until_idle().expect("batches");
+        let pstate_id_of = |key: &[u8]| u32::from_be_bytes(key[..4].try_into().expect("id"));
+        let pstate_ids_stored = |engine: &Engine| -> BTreeSet<u32> {
+            let entries = engine.shared.store.state_entries().expect("scan");
+            entries.iter().map(|(key, _)| pstate_id_of(key)).collect()
+        };
+        let everything: BTreeSet<u32> = gone_ids.iter().chain(&kept_ids).copied().collect();
+        assert_eq!(pstate_ids_stored(&engine), everything);
+        let kept_before = engine.shared.store.state_entries().expect("scan");
+        drop(engine);
+
+        let engine = open(Engine::builder(dir.path()).retire_topology("gone"));
+        assert_eq!(
+            pstate_ids_stored(&engine),
+            kept_ids.iter().copied().collect::<BTreeSet<u32>>()
+        );
+        let kept_expected: Vec<Entry> = kept_before
+            .into_iter()
+            .filter(|(key, _)| kept_ids.contains(&pstate_id_of(key)))
+            .collect();
+        assert_eq!(
+            engine.shared.store.state_entries().expect("scan"),
+            kept_expected
+        );
+        let committed: Vec<u32> = engine
+            .shared
+            .store
+            .commit_records()
+            .expect("commit records")
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(
+            committed,
+            vec![engine.shared.topology("kept").expect("kept").id]
+        );
+        let catalog_keys: Vec<String> = engine
+            .shared
+            .store
+            .meta_entries_with_prefix(b"catalog/")
+            .expect("catalog")
+            .into_iter()
+            .map(|(key, _)| String::from_utf8_lossy(&key).into_owned())
+            .collect();
+        assert!(
+            catalog_keys.iter().all(|key| !key.contains("gone")),
+            "{catalog_keys:?}"
+        );
+        assert!(catalog_keys.contains(&"catalog/topology/kept".to_string()));
+    }
 
     /// A producer state stored without a time (format 1) is dated with the open and written
     /// back before the engine runs, so the next open does not date it anew (an engine

@@ -39,6 +39,9 @@ pub enum Error {
         /// What the code declares.
         declared: String,
     },
+    /// A topology was both declared and retired ([`EngineBuilder::retire_topology`](crate::EngineBuilder::retire_topology)) in one engine.
+    #[error("topology {0:?} is both declared and retired")]
+    RetiredAndDeclared(String),
     /// The data directory was written by an incompatible release.
     #[error("data directory format {found} is not supported (this release reads formats up to {supported})")]
     Format {

@@ -104,7 +104,7 @@ fn io(op: &'static str) -> impl FnOnce(rocksdb::Error) -> StoreError {
 }
 
 /// A key and value as RocksDB's iterators return them.
-type RawEntry = (Box<[u8]>, Box<[u8]>);
+pub(crate) type RawEntry = (Box<[u8]>, Box<[u8]>);
 
 /// The engine's one RocksDB database.
 pub(crate) struct RocksStore {
@@ -244,6 +244,46 @@ impl RocksStore {
             )
             .map(|entry| entry.map_err(io(op)))
             .collect()
+    }
+
+    /// The meta entries whose keys start with `prefix`, in key order.
+    pub(crate) fn meta_entries_with_prefix(
+        &self,
+        prefix: &[u8],
+    ) -> Result<Vec<RawEntry>, StoreError> {
+        self.meta_entries(prefix, "catalog scan")
+    }
+
+    /// Deletes retired topologies in one synced write: the `meta` keys of their catalog
+    /// entries (`catalog_keys`), the commit records of `topology_ids`, and every entry of the
+    /// PStates `pstate_ids` (one range deletion each, over the id's whole key prefix).
+    pub(crate) fn delete_topologies(
+        &self,
+        catalog_keys: &[Vec<u8>],
+        topology_ids: &[u32],
+        pstate_ids: &[u32],
+    ) -> Result<(), StoreError> {
+        let meta = self.cf(CF_META)?;
+        let state = self.cf(CF_STATE)?;
+        let mut batch = WriteBatch::default();
+        for key in catalog_keys {
+            batch.delete_cf(meta, key);
+        }
+        for id in topology_ids {
+            batch.delete_cf(meta, commit_key(*id));
+        }
+        for id in pstate_ids {
+            let start = id.to_be_bytes();
+            // Ids stop below u32::MAX (the catalog refuses to assign past it), so every id's
+            // prefix has a successor.
+            let end = lockstep_core::layout::prefix_successor(&start).ok_or_else(|| {
+                StoreError::Corruption(format!("pstate id {id} has no key range"))
+            })?;
+            batch.delete_range_cf(state, start.as_slice(), end.as_slice());
+        }
+        self.db
+            .write_opt(batch, &synced())
+            .map_err(io("retire topologies"))
     }
 
     /// Stores `state` as format 1 laid it out, without its time (for tests of the upgrade).

@@ -1,0 +1,182 @@
+//! Retiring a topology (`EngineBuilder::retire_topology`): an absent topology's commit record
+//! holds depot records back from retention until it is retired; after that, trims go past its
+//! offsets, and declaring its name again starts a new topology, with empty state, at the
+//! depot's first kept records. Retiring is idempotent, and declaring and retiring one name is
+//! refused.
+
+mod common;
+
+use common::{ledger, read_state, Ledger, Op};
+use lockstep::{DepotRetention, Engine, EngineOptions, Error, PState, Topology, TopologyBuilder};
+
+const PARTITIONS: u32 = 2;
+
+/// A second consumer of the ledger's depot: counts the ops it sees per key.
+fn audit(ledger: &Ledger) -> (Topology, PState<u32, u64>) {
+    let mut builder = TopologyBuilder::<()>::new("audit", PARTITIONS);
+    let seen = builder.pstate::<u32, u64>("audit-seen");
+    let counts = seen.clone();
+    builder.consume(&ledger.ops, move |ctx, op: Op| {
+        let count = ctx.get(&counts, &op.key)?.unwrap_or(0) + 1;
+        ctx.put(&counts, &op.key, &count)
+    });
+    (builder.build().expect("valid topology"), seen)
+}
+
+fn open(
+    dir: &std::path::Path,
+    ledger: &Ledger,
+    audit: Option<&Topology>,
+    retire_audit: bool,
+) -> Result<Engine, Error> {
+    let mut options = EngineOptions::manual();
+    options.batch_records_max = 10;
+    let mut retention = DepotRetention::default();
+    retention.keep_records_min = 3;
+    retention.trim_step_records = 4;
+    options.depot_retention = Some(retention);
+    let mut builder = Engine::builder(dir)
+        .options(options)
+        .depot(&ledger.ops)
+        .topology(ledger.topology.clone());
+    if let Some(audit) = audit {
+        builder = builder.topology(audit.clone());
+    }
+    if retire_audit {
+        builder = builder.retire_topology("audit");
+    }
+    builder.open()
+}
+
+fn ops(from: u32, n: u32) -> Vec<Op> {
+    (from..from + n)
+        .map(|i| Op {
+            key: i % 7,
+            amount: 1,
+            mirror: i % 3,
+        })
+        .collect()
+}
+
+fn first_kept(engine: &Engine, ledger: &Ledger) -> Vec<u64> {
+    (0..PARTITIONS)
+        .map(|p| {
+            engine
+                .depot_first_kept_offset(&ledger.ops, p)
+                .expect("start")
+        })
+        .collect()
+}
+
+fn heads(engine: &Engine, ledger: &Ledger) -> Vec<u64> {
+    (0..PARTITIONS)
+        .map(|p| engine.depot_next_offset(&ledger.ops, p).expect("head"))
+        .collect()
+}
+
+fn seen_total(engine: &Engine, seen: &PState<u32, u64>) -> u64 {
+    engine
+        .snapshot()
+        .expect("snapshot")
+        .range(
+            seen,
+            std::ops::Bound::Unbounded,
+            std::ops::Bound::Unbounded,
+            usize::MAX,
+        )
+        .expect("range")
+        .into_iter()
+        .map(|(_, count)| count)
+        .sum()
+}
+
+#[test]
+fn a_retired_topology_stops_holding_records_back_and_its_name_starts_afresh() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = ledger(PARTITIONS);
+    let (audit, seen) = audit(&ledger);
+
+    // The audit commits one small batch, then leaves the run.
+    let engine = open(dir.path(), &ledger, Some(&audit), false).expect("open");
+    engine
+        .append_many(&ledger.ops, &ops(0, 60))
+        .expect("append");
+    engine.run_batch("audit").expect("audit batch");
+    let audit_consumed: Vec<u64> = engine
+        .committed("audit")
+        .expect("committed")
+        .offsets
+        .iter()
+        .map(|o| o.next_offset)
+        .collect();
+    assert!(seen_total(&engine, &seen) > 0);
+    drop(engine);
+
+    // Absent, its commit record still holds the depot back.
+    let engine = open(dir.path(), &ledger, None, false).expect("reopen without the audit");
+    engine.run_until_idle().expect("ledger batches");
+    engine
+        .append_many(&ledger.ops, &ops(60, 2))
+        .expect("append");
+    assert_eq!(first_kept(&engine, &ledger), audit_consumed);
+    engine.run_until_idle().expect("ledger batches");
+    drop(engine);
+
+    // Retired, it no longer does: the next append trims to the newest 3 of each partition
+    // (the ledger has committed everything).
+    let engine = open(dir.path(), &ledger, None, true).expect("reopen retiring the audit");
+    engine
+        .append_many(&ledger.ops, &ops(62, 2))
+        .expect("append");
+    engine.run_until_idle().expect("ledger batches");
+    let kept = first_kept(&engine, &ledger);
+    let expected: Vec<u64> = heads(&engine, &ledger)
+        .iter()
+        .map(|head| head.saturating_sub(3))
+        .collect();
+    assert_eq!(kept, expected);
+    assert!(
+        kept.iter().zip(&audit_consumed).all(|(k, a)| k > a),
+        "{kept:?} {audit_consumed:?}"
+    );
+    let ledger_total: i64 = read_state(&engine, &ledger).totals.values().sum();
+    assert_eq!(ledger_total, 64);
+    drop(engine);
+
+    // Retiring again is a no-op, and the name can be declared again: a new topology, whose
+    // state starts empty and which reads from the first kept records.
+    drop(open(dir.path(), &ledger, None, true).expect("retiring again"));
+    let engine = open(dir.path(), &ledger, Some(&audit), false).expect("the audit anew");
+    assert_eq!(seen_total(&engine, &seen), 0);
+    assert!(engine
+        .committed("audit")
+        .expect("committed")
+        .offsets
+        .is_empty());
+    while engine.run_batch("audit").expect("audit batch").is_some() {}
+    let still_stored: u64 = heads(&engine, &ledger)
+        .iter()
+        .zip(&kept)
+        .map(|(head, kept)| head - kept)
+        .sum();
+    assert_eq!(seen_total(&engine, &seen), still_stored);
+}
+
+#[test]
+fn declaring_and_retiring_one_topology_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = ledger(PARTITIONS);
+    let (audit, _) = audit(&ledger);
+    let refused = open(dir.path(), &ledger, Some(&audit), true);
+    assert!(
+        matches!(&refused, Err(Error::RetiredAndDeclared(name)) if name == "audit"),
+        "{refused:?}"
+    );
+    // Nothing was written: the directory opens with the audit declared, as new.
+    let engine = open(dir.path(), &ledger, Some(&audit), false).expect("open");
+    assert!(engine
+        .committed("audit")
+        .expect("committed")
+        .offsets
+        .is_empty());
+}
