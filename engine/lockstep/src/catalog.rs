@@ -1,7 +1,7 @@
 //! Stable ids for names: depots, topologies and PStates get a `u32` the first time a data
 //! directory sees them, and keep it. Keys on disk carry ids, not names.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use lockstep_core::store::StoreError;
@@ -56,6 +56,8 @@ pub(crate) struct Catalog {
 
 struct Resolver<'a> {
     store: &'a RocksStore,
+    /// Catalog keys of topologies being retired: absent, for the names declared now.
+    retired_keys: &'a BTreeSet<Vec<u8>>,
     next_id: u32,
     pending: Vec<lockstep_core::store::Entry>,
 }
@@ -68,7 +70,11 @@ impl Resolver<'_> {
         declared: CatalogEntry,
     ) -> Result<u32, Error> {
         let key = format!("catalog/{what}/{name}").into_bytes();
-        if let Some(stored) = self.store.meta_get::<CatalogEntry>(&key)? {
+        let stored = match self.retired_keys.contains(&key) {
+            true => None,
+            false => self.store.meta_get::<CatalogEntry>(&key)?,
+        };
+        if let Some(stored) = stored {
             let comparable = CatalogEntry {
                 id: stored.id,
                 ..declared.clone()
@@ -97,7 +103,7 @@ impl Resolver<'_> {
 const TOPOLOGY_PREFIX: &str = "catalog/topology/";
 const PSTATE_PREFIX: &str = "catalog/pstate/";
 
-/// A topology removed from the directory by [`retire`].
+/// A topology removed from the directory by retirement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RetiredTopology {
     pub(crate) name: String,
@@ -106,9 +112,8 @@ pub(crate) struct RetiredTopology {
     pub(crate) pstates: Vec<(String, u32)>,
 }
 
-/// The directory's format (`None` for a new one), if this release reads it (recovery step
-/// R1a).
-pub(crate) fn check_format(store: &RocksStore) -> Result<Option<u32>, Error> {
+/// The directory's format (`None` for a new one), if this release reads it.
+fn check_format(store: &RocksStore) -> Result<Option<u32>, Error> {
     let stored_format = store.meta_get::<u32>(FORMAT_KEY)?;
     match stored_format {
         Some(found) if !(FORMAT_VERSION_OLDEST..=FORMAT_VERSION).contains(&found) => {
@@ -121,15 +126,17 @@ pub(crate) fn check_format(store: &RocksStore) -> Result<Option<u32>, Error> {
     }
 }
 
-/// Retires the topologies `names` (recovery step R1a): in one synced write, deletes each one's
-/// catalog entry, its PStates' catalog entries and every entry in them, and its commit
-/// record. Names the directory does not hold are skipped, so reopening with the same
-/// retirements does nothing more. Runs before [`resolve`], so a retired topology's names
-/// can be declared again, as new.
-pub(crate) fn retire(store: &RocksStore, names: &[String]) -> Result<Vec<RetiredTopology>, Error> {
+/// What retiring `names` deletes: each topology the directory holds, with its PStates, and
+/// the catalog keys of both. Reads only. Names the directory does not hold are left out, so
+/// retiring again does nothing more.
+fn plan_retirement(
+    store: &RocksStore,
+    names: &BTreeSet<String>,
+) -> Result<(Vec<RetiredTopology>, BTreeSet<Vec<u8>>), Error> {
     let mut retired = Vec::new();
+    let mut catalog_keys = BTreeSet::new();
     if names.is_empty() {
-        return Ok(retired);
+        return Ok((retired, catalog_keys));
     }
     let mut pstates: Vec<(String, CatalogEntry)> = Vec::new();
     for (key, value) in store.meta_entries_with_prefix(PSTATE_PREFIX.as_bytes())? {
@@ -141,13 +148,12 @@ pub(crate) fn retire(store: &RocksStore, names: &[String]) -> Result<Vec<Retired
             .map_err(|e| StoreError::Corruption(format!("catalog entry of {name:?}: {e}")))?;
         pstates.push((name.to_string(), entry));
     }
-    let mut catalog_keys = Vec::new();
     for name in names {
         let key = format!("{TOPOLOGY_PREFIX}{name}").into_bytes();
         let Some(entry) = store.meta_get::<CatalogEntry>(&key)? else {
             continue;
         };
-        catalog_keys.push(key);
+        catalog_keys.insert(key);
         let owned: Vec<(String, u32)> = pstates
             .iter()
             .filter(|(_, pstate)| pstate.owner.as_deref() == Some(name.as_str()))
@@ -164,28 +170,27 @@ pub(crate) fn retire(store: &RocksStore, names: &[String]) -> Result<Vec<Retired
             pstates: owned,
         });
     }
-    if !retired.is_empty() {
-        let topology_ids: Vec<u32> = retired.iter().map(|t| t.id).collect();
-        let pstate_ids: Vec<u32> = retired
-            .iter()
-            .flat_map(|t| t.pstates.iter().map(|(_, id)| *id))
-            .collect();
-        store.delete_topologies(&catalog_keys, &topology_ids, &pstate_ids)?;
-    }
-    Ok(retired)
+    Ok((retired, catalog_keys))
 }
 
-/// Loads ids for every declared name, assigning (and durably recording) ids to new ones, and
-/// refuses declarations that contradict the data directory.
+/// Checks the directory's format, retires the topologies named in `retire` (see
+/// `EngineBuilder::retire_topology`), and loads ids for every declared name, assigning ids to
+/// new ones; refuses declarations that contradict the data directory (as it is without the
+/// retired topologies) before anything is written. The retirements, the new ids and the
+/// format are then written in one synced batch (recovery step R2).
 pub(crate) fn resolve(
     store: &RocksStore,
     depots: &[Arc<DepotSpec>],
     topologies: &[Topology],
-) -> Result<Catalog, Error> {
+    retire: &[String],
+) -> Result<(Catalog, Vec<RetiredTopology>), Error> {
     let stored_format = check_format(store)?;
+    let retire: BTreeSet<String> = retire.iter().cloned().collect();
+    let (retired, retired_keys) = plan_retirement(store, &retire)?;
     let next_id = store.meta_get::<u32>(NEXT_ID_KEY)?.unwrap_or(1);
     let mut resolver = Resolver {
         store,
+        retired_keys: &retired_keys,
         next_id,
         pending: Vec::new(),
     };
@@ -229,7 +234,8 @@ pub(crate) fn resolve(
             catalog.pstates.insert(pstate.name.clone(), id);
         }
     }
-    if !resolver.pending.is_empty() || stored_format != Some(FORMAT_VERSION) {
+    if !resolver.pending.is_empty() || stored_format != Some(FORMAT_VERSION) || !retired.is_empty()
+    {
         let mut entries = std::mem::take(&mut resolver.pending);
         entries.push((
             FORMAT_KEY.to_vec(),
@@ -239,9 +245,15 @@ pub(crate) fn resolve(
             NEXT_ID_KEY.to_vec(),
             RocksStore::encode_meta(&resolver.next_id)?,
         ));
-        store.meta_put_all(&entries)?;
+        let topology_ids: Vec<u32> = retired.iter().map(|t| t.id).collect();
+        let pstate_ids: Vec<u32> = retired
+            .iter()
+            .flat_map(|t| t.pstates.iter().map(|(_, id)| *id))
+            .collect();
+        let catalog_deletes: Vec<Vec<u8>> = retired_keys.into_iter().collect();
+        store.write_catalog(&entries, &catalog_deletes, &topology_ids, &pstate_ids)?;
     }
-    Ok(catalog)
+    Ok((catalog, retired))
 }
 
 /// The partition count the directory's catalog holds for a depot, if it has one.
@@ -269,21 +281,21 @@ mod tests {
     fn formats_are_marked_upgraded_or_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = RocksStore::open(dir.path(), 1 << 20).expect("open");
-        resolve(&store, &[], &[]).expect("new directory");
+        resolve(&store, &[], &[], &[]).expect("new directory");
         assert_eq!(stored_format(&store), Some(FORMAT_VERSION));
 
         let oldest = RocksStore::encode_meta(&FORMAT_VERSION_OLDEST).expect("encode");
         store
             .meta_put_all(&[(FORMAT_KEY.to_vec(), oldest)])
             .expect("put");
-        resolve(&store, &[], &[]).expect("oldest supported format");
+        resolve(&store, &[], &[], &[]).expect("oldest supported format");
         assert_eq!(stored_format(&store), Some(FORMAT_VERSION));
 
         let newer = RocksStore::encode_meta(&(FORMAT_VERSION + 1)).expect("encode");
         store
             .meta_put_all(&[(FORMAT_KEY.to_vec(), newer)])
             .expect("put");
-        let refused = resolve(&store, &[], &[]);
+        let refused = resolve(&store, &[], &[], &[]);
         assert!(matches!(
             refused,
             Err(Error::Format { found, supported: FORMAT_VERSION }) if found == FORMAT_VERSION + 1

@@ -560,17 +560,19 @@ impl EngineBuilder {
         self
     }
 
-    /// Retires a topology that will not be declared again as it was: at the open, in one
-    /// synced write, its PStates (its outcome table included) are deleted with everything in
-    /// them, its names leave the catalog, and its commit record goes, so it no longer holds
-    /// its depots' records back from retention
-    /// ([`EngineOptions::depot_retention`]). Nothing of it can be read afterwards.
+    /// Retires a topology that will not be declared again as it was: at the open, in the
+    /// synced write that records the catalog, its PStates (its outcome table included) are
+    /// deleted with everything in them, its names leave the catalog, and its commit record
+    /// goes, so it no longer holds its depots' records back from retention
+    /// ([`EngineOptions::depot_retention`]; a depot that then has no consumer at all keeps its
+    /// records for a topology declared later, as a depot never consumed does). Nothing of it
+    /// can be read afterwards. A declaration that contradicts the directory fails the open
+    /// before anything, the retirement included, is written.
     ///
     /// Declaring the name later starts a new topology: new ids, empty PStates, each depot
     /// partition read from its first kept record. A name the directory does not hold is
-    /// skipped (with a warning in the log), so a program may keep retiring a topology on
-    /// every open. Declaring and retiring one name in one engine is refused with
-    /// [`Error::RetiredAndDeclared`].
+    /// skipped, so a program may keep retiring a topology on every open. Declaring and
+    /// retiring one name in one engine is refused with [`Error::RetiredAndDeclared`].
     pub fn retire_topology(mut self, name: &str) -> Self {
         self.retired_topologies.push(name.to_string());
         self
@@ -677,10 +679,6 @@ impl Engine {
 
     fn open(builder: EngineBuilder) -> Result<Self, Error> {
         validate_declarations(&builder)?;
-        std::fs::create_dir_all(&builder.path).map_err(|e| StoreError::Io {
-            op: "create data directory",
-            message: e.to_string(),
-        })?;
         if let Some(both) = builder
             .retired_topologies
             .iter()
@@ -688,10 +686,24 @@ impl Engine {
         {
             return Err(Error::RetiredAndDeclared(both.clone()));
         }
+        std::fs::create_dir_all(&builder.path).map_err(|e| StoreError::Io {
+            op: "create data directory",
+            message: e.to_string(),
+        })?;
         let store = RocksStore::open(&builder.path, builder.options.block_cache_bytes)?;
-        catalog::check_format(&store)?;
-        let retired = catalog::retire(&store, &builder.retired_topologies)?;
-        for name in &builder.retired_topologies {
+        let specs: Vec<Arc<DepotSpec>> = builder.depots.iter().map(|d| d.spec.clone()).collect();
+        let (catalog, retired) = catalog::resolve(
+            &store,
+            &specs,
+            &builder.topologies,
+            &builder.retired_topologies,
+        )?;
+        let retired_names: BTreeSet<&str> = builder
+            .retired_topologies
+            .iter()
+            .map(String::as_str)
+            .collect();
+        for name in retired_names {
             match retired.iter().find(|t| t.name == *name) {
                 Some(topology) => tracing::info!(
                     topology = name,
@@ -699,14 +711,12 @@ impl Engine {
                     pstates = ?topology.pstates,
                     "retired topology: its PStates, catalog entries and commit record are deleted"
                 ),
-                None => tracing::warn!(
+                None => tracing::debug!(
                     topology = name,
-                    "retire_topology: the data directory holds no such topology"
+                    "retire_topology: the data directory holds no such topology (retired before?)"
                 ),
             }
         }
-        let specs: Vec<Arc<DepotSpec>> = builder.depots.iter().map(|d| d.spec.clone()).collect();
-        let catalog = catalog::resolve(&store, &specs, &builder.topologies)?;
         fail::fail_point!(failpoints::RECOVERY_AFTER_CATALOG, |_| Err(Error::Store(
             StoreError::Injected(failpoints::RECOVERY_AFTER_CATALOG)
         )));

@@ -177,6 +177,7 @@ impl RocksStore {
     }
 
     /// Writes meta entries durably in one batch (catalog changes at open).
+    #[cfg(test)]
     pub(crate) fn meta_put_all(&self, entries: &[Entry]) -> Result<(), StoreError> {
         let cf = self.cf(CF_META)?;
         let mut batch = WriteBatch::default();
@@ -254,36 +255,36 @@ impl RocksStore {
         self.meta_entries(prefix, "catalog scan")
     }
 
-    /// Deletes retired topologies in one synced write: the `meta` keys of their catalog
-    /// entries (`catalog_keys`), the commit records of `topology_ids`, and every entry of the
-    /// PStates `pstate_ids` (one range deletion each, over the id's whole key prefix).
-    pub(crate) fn delete_topologies(
+    /// Writes the catalog's changes in one synced write: deletes the `meta` keys
+    /// `catalog_deletes`, the commit records of the retired `topology_ids` and every entry of
+    /// their PStates `pstate_ids` (one range deletion over each id's key prefix), then puts
+    /// `puts` (a retired name declared again gets its new entry).
+    pub(crate) fn write_catalog(
         &self,
-        catalog_keys: &[Vec<u8>],
+        puts: &[Entry],
+        catalog_deletes: &[Vec<u8>],
         topology_ids: &[u32],
         pstate_ids: &[u32],
     ) -> Result<(), StoreError> {
         let meta = self.cf(CF_META)?;
         let state = self.cf(CF_STATE)?;
         let mut batch = WriteBatch::default();
-        for key in catalog_keys {
+        for key in catalog_deletes {
             batch.delete_cf(meta, key);
         }
         for id in topology_ids {
             batch.delete_cf(meta, commit_key(*id));
         }
         for id in pstate_ids {
-            let start = id.to_be_bytes();
-            // Ids stop below u32::MAX (the catalog refuses to assign past it), so every id's
-            // prefix has a successor.
-            let end = lockstep_core::layout::prefix_successor(&start).ok_or_else(|| {
-                StoreError::Corruption(format!("pstate id {id} has no key range"))
-            })?;
-            batch.delete_range_cf(state, start.as_slice(), end.as_slice());
+            let (start, end) = lockstep_core::layout::prefix_range(&id.to_be_bytes());
+            batch.delete_range_cf(state, start, end);
+        }
+        for (key, value) in puts {
+            batch.put_cf(meta, key, value);
         }
         self.db
             .write_opt(batch, &synced())
-            .map_err(io("retire topologies"))
+            .map_err(io("catalog write"))
     }
 
     /// Stores `state` as format 1 laid it out, without its time (for tests of the upgrade).

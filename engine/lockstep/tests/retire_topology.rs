@@ -143,9 +143,15 @@ fn a_retired_topology_stops_holding_records_back_and_its_name_starts_afresh() {
     assert_eq!(ledger_total, 64);
     drop(engine);
 
-    // Retiring again is a no-op, and the name can be declared again: a new topology, whose
-    // state starts empty and which reads from the first kept records.
-    drop(open(dir.path(), &ledger, None, true).expect("retiring again"));
+    // Retiring again changes nothing, and the name can be declared again: a new topology,
+    // which reads from the first kept records. (Its PState is a new one under the same name,
+    // so it starts empty even if the old entries were left behind: the unit test in
+    // `engine.rs` checks that they are deleted.)
+    let engine = open(dir.path(), &ledger, None, true).expect("retiring again");
+    assert_eq!(first_kept(&engine, &ledger), kept);
+    let ledger_again: i64 = read_state(&engine, &ledger).totals.values().sum();
+    assert_eq!(ledger_again, 64);
+    drop(engine);
     let engine = open(dir.path(), &ledger, Some(&audit), false).expect("the audit anew");
     assert_eq!(seen_total(&engine, &seen), 0);
     assert!(engine
@@ -162,21 +168,52 @@ fn a_retired_topology_stops_holding_records_back_and_its_name_starts_afresh() {
     assert_eq!(seen_total(&engine, &seen), still_stored);
 }
 
+/// The audit, declared, with one batch committed.
+fn directory_with_a_committed_audit(dir: &std::path::Path, ledger: &Ledger, audit: &Topology) {
+    let engine = open(dir, ledger, Some(audit), false).expect("open");
+    engine.append_many(&ledger.ops, &ops(0, 8)).expect("append");
+    engine.run_batch("audit").expect("audit batch");
+    assert!(!engine
+        .committed("audit")
+        .expect("committed")
+        .offsets
+        .is_empty());
+}
+
+/// Whether the audit's commit record is still there: the retirement was not written.
+fn audit_still_committed(dir: &std::path::Path, ledger: &Ledger, audit: &Topology) -> bool {
+    let engine = open(dir, ledger, Some(audit), false).expect("open");
+    let committed = engine.committed("audit").expect("committed");
+    !committed.offsets.is_empty()
+}
+
 #[test]
-fn declaring_and_retiring_one_topology_is_refused() {
+fn declaring_and_retiring_one_topology_is_refused_and_writes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ledger = ledger(PARTITIONS);
     let (audit, _) = audit(&ledger);
+    directory_with_a_committed_audit(dir.path(), &ledger, &audit);
     let refused = open(dir.path(), &ledger, Some(&audit), true);
     assert!(
         matches!(&refused, Err(Error::RetiredAndDeclared(name)) if name == "audit"),
         "{refused:?}"
     );
-    // Nothing was written: the directory opens with the audit declared, as new.
-    let engine = open(dir.path(), &ledger, Some(&audit), false).expect("open");
-    assert!(engine
-        .committed("audit")
-        .expect("committed")
-        .offsets
-        .is_empty());
+    assert!(audit_still_committed(dir.path(), &ledger, &audit));
+}
+
+/// A declaration that contradicts the directory fails the open before the retirement is
+/// written: the user can fix the declaration without having lost the topology meanwhile.
+#[test]
+fn a_contradicting_declaration_fails_the_open_before_retiring() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = ledger(PARTITIONS);
+    let (audit, _) = audit(&ledger);
+    directory_with_a_committed_audit(dir.path(), &ledger, &audit);
+    let wider = common::ledger(PARTITIONS + 1);
+    let refused = open(dir.path(), &wider, None, true);
+    assert!(
+        matches!(&refused, Err(Error::CatalogMismatch { .. })),
+        "{refused:?}"
+    );
+    assert!(audit_still_committed(dir.path(), &ledger, &audit));
 }
