@@ -14,7 +14,7 @@ use lockstep_core::store::{
     DepotTrim, Entry, Overlaid, ProducerState, StateRead, StoreError,
 };
 use lockstep_core::{
-    decode_envelope, Depot, DepotSpec, PStateSpec, RecordId, SchemaError, Topology,
+    decode_envelope, outcome_key, Depot, DepotSpec, PStateSpec, RecordId, SchemaError, Topology,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -127,6 +127,9 @@ pub struct EngineOptions {
     /// committed) starts at each partition's first kept record: the records trimmed before
     /// that count as processed for it (by [`Engine::processed`] and [`Engine::wait_for`]),
     /// and reading them with [`Engine::read_depot`] is refused with [`Error::DepotTrimmed`].
+    /// A trimmed record's outcome is deleted by each topology's next batch after the trim
+    /// (reading it then is refused the same way): keep enough records for clients that read
+    /// outcomes late.
     /// A topology's commit record keeps the offsets of depots it no longer consumes, so
     /// those hold their records back until it returns.
     pub depot_retention: Option<DepotRetention>,
@@ -327,9 +330,10 @@ pub(crate) struct DepotState {
     /// One past the last acknowledged (durable) offset, per partition. Written only by the
     /// appender, after the write is durable.
     heads: Vec<AtomicU64>,
-    /// Each partition's first stored offset when the engine opened (0 unless retention
-    /// trimmed it): where a topology that never committed starts.
-    first_kept_at_open: Vec<u64>,
+    /// Each partition's first stored offset (0 unless retention trimmed it): where a
+    /// topology that never committed starts, and below which outcomes go. Written only by
+    /// the appender, after the trim is durable.
+    first_kept: Vec<AtomicU64>,
 }
 
 impl std::fmt::Debug for DepotState {
@@ -343,6 +347,9 @@ impl std::fmt::Debug for DepotState {
 
 /// `consumed[input][partition]`: the first offset not yet committed.
 type Consumed = Vec<Vec<u64>>;
+
+/// `[start, end)` of state keys.
+type KeyRange = (Vec<u8>, Vec<u8>);
 
 #[derive(Debug, Clone)]
 pub(crate) struct Progress {
@@ -367,6 +374,10 @@ pub(crate) struct TopologyState {
     held: Mutex<Option<PreparedBatch>>,
     /// Totals over the batches committed since open.
     stats: Mutex<TopologyStats>,
+    /// `[input][partition]`: the outcomes of records below this offset are deleted, or are
+    /// by a batch prepared (§3a T5). 0 at open: the first batch deletes below each first
+    /// kept offset again, which also catches up on trims made while the topology was absent.
+    outcomes_deleted_below: Mutex<Consumed>,
 }
 
 /// Totals over the depot appends the engine made durable since it opened.
@@ -486,6 +497,14 @@ impl Shared {
             Some((Some(declared), id)) if **declared == *spec => Ok(*id),
             _ => Err(Error::UnknownPState(spec.name.clone())),
         }
+    }
+
+    /// The name of the declared depot `depot_id` and the first kept offset of its `partition`
+    /// (`None` if no such depot or partition is declared).
+    pub(crate) fn first_kept_offset(&self, depot_id: u32, partition: u32) -> Option<(&str, u64)> {
+        let depot = self.depots.values().find(|d| d.id == depot_id)?;
+        let kept = depot.first_kept.get(partition as usize)?;
+        Some((depot.spec.name.as_str(), kept.load(Ordering::Acquire)))
     }
 
     pub(crate) fn outcome_table_id(&self, topology: &str) -> Result<u32, Error> {
@@ -726,10 +745,10 @@ impl Engine {
             let spec = declared.spec;
             let id = catalog.depots[&spec.name];
             let mut heads = Vec::with_capacity(spec.partitions as usize);
-            let mut first_kept_at_open = Vec::with_capacity(spec.partitions as usize);
+            let mut first_kept = Vec::with_capacity(spec.partitions as usize);
             for partition in 0..spec.partitions {
                 heads.push(AtomicU64::new(store.next_offset(id, partition)?));
-                first_kept_at_open.push(store.first_kept_offset(id, partition)?);
+                first_kept.push(AtomicU64::new(store.first_kept_offset(id, partition)?));
             }
             depots.insert(
                 spec.name.clone(),
@@ -738,7 +757,7 @@ impl Engine {
                     id,
                     route_encoded: declared.route_encoded,
                     heads,
-                    first_kept_at_open,
+                    first_kept,
                 }),
             );
         }
@@ -778,6 +797,9 @@ impl Engine {
                         pstate_ids,
                         outcome_pstate_id,
                     },
+                    outcomes_deleted_below: Mutex::new(
+                        inputs.iter().map(|d| vec![0; d.first_kept.len()]).collect(),
+                    ),
                     topology,
                     id,
                     inputs,
@@ -1300,7 +1322,7 @@ impl Engine {
                 depot.name()
             )));
         }
-        Ok(self.shared.store.first_kept_offset(state.id, partition)?)
+        Ok(state.first_kept[partition as usize].load(Ordering::Acquire))
     }
 
     /// Reads up to `limit` acknowledged records of a depot partition from `from_offset`,
@@ -1449,7 +1471,12 @@ fn recover_progress(
 ) -> Result<Progress, Error> {
     let mut consumed: Vec<Vec<u64>> = inputs
         .iter()
-        .map(|d| d.first_kept_at_open.clone())
+        .map(|d| {
+            d.first_kept
+                .iter()
+                .map(|k| k.load(Ordering::Acquire))
+                .collect()
+        })
         .collect();
     for offset in &record.offsets {
         // A depot the topology no longer consumes keeps its offsets in the record (each commit
@@ -1501,14 +1528,16 @@ fn run_appender(shared: &Shared, requests: &Receiver<AppendRequest>, mut produce
             (d.id, heads)
         })
         .collect();
+    let depots_by_id: BTreeMap<u32, Arc<DepotState>> =
+        shared.depots.values().map(|d| (d.id, d.clone())).collect();
     let mut first_kept: BTreeMap<(u32, u32), u64> = shared
         .depots
         .values()
         .flat_map(|d| {
-            d.first_kept_at_open
+            d.first_kept
                 .iter()
                 .enumerate()
-                .map(|(partition, kept)| ((d.id, partition as u32), *kept))
+                .map(|(partition, kept)| ((d.id, partition as u32), kept.load(Ordering::Acquire)))
         })
         .collect();
     while let Ok(first) = requests.recv() {
@@ -1633,6 +1662,12 @@ fn run_appender(shared: &Shared, requests: &Receiver<AppendRequest>, mut produce
                 stats.trims += 1;
                 stats.trimmed_records += trim.first_kept_offset - trim.previous_first_kept_offset;
                 first_kept.insert((trim.depot_id, trim.partition), trim.first_kept_offset);
+                // Durable: topologies may now delete the outcomes below it (§3a T5).
+                if let Some(depot) = depots_by_id.get(&trim.depot_id) {
+                    if let Some(kept) = depot.first_kept.get(trim.partition as usize) {
+                        kept.store(trim.first_kept_offset, Ordering::Release);
+                    }
+                }
             }
         }
         drop(entries);
@@ -2027,6 +2062,8 @@ struct PreparedBatch {
     /// Executed while the batch before it was committing.
     pipelined: bool,
     started: Instant,
+    /// Outcomes of trimmed records, deleted with the batch's writes (§3a T5).
+    deleted_ranges: Vec<KeyRange>,
     /// The previous batch's writes, which the driver no longer reads. The committer frees
     /// them once it has reported this batch's result: freeing a batch's worth of keys and
     /// values takes a while, and neither the driver (the busier thread) nor this batch's
@@ -2109,11 +2146,13 @@ fn prepare_batch(
             .copied(),
     );
     record.offsets.sort();
+    let deleted_ranges = trimmed_outcome_ranges(state)?;
     Ok(Some(PreparedBatch {
         batch_id,
         record,
         consumed,
         writes: Arc::new(output.writes),
+        deleted_ranges,
         records: output.records,
         rounds: output.rounds,
         messages: output.messages,
@@ -2121,6 +2160,40 @@ fn prepare_batch(
         started,
         retired_writes: None,
     }))
+}
+
+/// The key ranges of `state`'s outcomes that retention has made deletable since its last
+/// batch: per consumed depot partition, the outcomes of records from where the last deletion
+/// stopped up to the partition's first kept offset (§3a T5). Every record below that offset
+/// is committed by every topology (I9), so no batch in flight writes in these ranges.
+fn trimmed_outcome_ranges(state: &TopologyState) -> Result<Vec<KeyRange>, Error> {
+    let mut deleted_below = lock(&state.outcomes_deleted_below);
+    let mut ranges = Vec::new();
+    for (input, depot) in state.inputs.iter().enumerate() {
+        let Some(deleted_below) = deleted_below.get_mut(input) else {
+            continue;
+        };
+        for (partition, (below, kept)) in
+            deleted_below.iter_mut().zip(&depot.first_kept).enumerate()
+        {
+            let kept = kept.load(Ordering::Acquire);
+            if kept <= *below {
+                continue;
+            }
+            let record = |offset: u64| RecordId {
+                depot_id: depot.id,
+                partition: partition as u32,
+                offset,
+            };
+            let outcome_pstate_id = state.ids.outcome_pstate_id;
+            ranges.push((
+                outcome_key(outcome_pstate_id, record(*below))?,
+                outcome_key(outcome_pstate_id, record(kept))?,
+            ));
+            *below = kept;
+        }
+    }
+    Ok(ranges)
 }
 
 /// Stops `state` for good after its batch failed: waiters hear why nothing more will commit.
@@ -2146,6 +2219,7 @@ fn commit_batch(
         record,
         consumed,
         writes: output_writes,
+        deleted_ranges,
         records,
         rounds,
         messages,
@@ -2165,7 +2239,7 @@ fn commit_batch(
     let commit_started = Instant::now();
     let committed = {
         let _gate = shared.poison.admit()?;
-        commit(shared, state.id, &record, &output_writes)
+        commit(shared, state.id, &record, &output_writes, &deleted_ranges)
     };
     if let Err(e) = committed {
         let reason = format!("batch {batch_id} of topology {name:?} failed to commit: {e}");
@@ -2245,6 +2319,7 @@ fn commit(
     topology_id: u32,
     record: &CommitRecord,
     writes: &[lockstep_core::store::WriteSet],
+    deleted_ranges: &[KeyRange],
 ) -> Result<(), StoreError> {
     fail::fail_point!(failpoints::COMMIT_BEFORE_WRITE, |_| Err(
         StoreError::Injected(failpoints::COMMIT_BEFORE_WRITE)
@@ -2258,6 +2333,7 @@ fn commit(
                 topology_id,
                 record,
                 writes,
+                deleted_ranges,
             })
         },
     )?;
@@ -2423,7 +2499,8 @@ mod tests {
     }
 
     /// What the appender trims is gone from the depot column family, not only hidden by the
-    /// trim mark (which every public read checks first), trim after trim.
+    /// trim mark (which every public read checks first), trim after trim; and the batch after
+    /// a trim deletes the trimmed records' outcomes.
     #[test]
     fn trims_delete_the_records_they_cover() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -2432,7 +2509,8 @@ mod tests {
         let counts = builder.pstate::<String, u64>("counts");
         builder.consume(&words, move |ctx, word: String| {
             let n = ctx.get(&counts, &word)?.unwrap_or(0) + 1;
-            ctx.put(&counts, &word, &n)
+            ctx.put(&counts, &word, &n)?;
+            ctx.record_outcome(&n)
         });
         let mut options = EngineOptions::manual();
         options.depot_retention = Some(DepotRetention {
@@ -2446,6 +2524,7 @@ mod tests {
             .open()
             .expect("open");
         let depot_id = engine.shared.depot(words.spec()).expect("declared").id;
+        let outcome_pstate_id = engine.shared.outcome_table_id("count").expect("outcomes");
         let mut trims_seen = 0;
         for round in 0..6 {
             let batch: Vec<String> = (0..10)
@@ -2466,6 +2545,24 @@ mod tests {
                     stored,
                     (first_kept..head).collect::<Vec<_>>(),
                     "round {round} partition {partition}"
+                );
+                // The batch after a trim deleted the trimmed records' outcomes, and only those.
+                let live = engine.shared.store.live().expect("live");
+                let outcomes_stored: Vec<u64> = (0..head)
+                    .filter(|offset| {
+                        let record = RecordId {
+                            depot_id,
+                            partition,
+                            offset: *offset,
+                        };
+                        let key = outcome_key(outcome_pstate_id, record).expect("key");
+                        live.get(&key).expect("read").is_some()
+                    })
+                    .collect();
+                assert_eq!(
+                    outcomes_stored,
+                    (first_kept..head).collect::<Vec<_>>(),
+                    "outcomes, round {round} partition {partition}"
                 );
             }
             trims_seen = engine.append_stats().trims;

@@ -279,13 +279,40 @@ impl<'e> Snapshot<'e> {
             .collect())
     }
 
-    /// The stored outcome envelope (`(batch id, outcome)`) `topology` recorded for `record`.
+    /// The stored outcome envelope (`(batch id, outcome)`) `topology` recorded for `record`
+    /// (see [`outcome`](Self::outcome) for records retention has trimmed).
     pub fn raw_outcome(&self, topology: &str, record: RecordId) -> Result<Option<Vec<u8>>, Error> {
         let id = self.shared.outcome_table_id(topology)?;
-        Ok(self.state.get(&outcome_key(id, record)?)?)
+        match self.state.get(&outcome_key(id, record)?)? {
+            Some(bytes) => Ok(Some(bytes)),
+            None => self.absent_outcome(record),
+        }
+    }
+
+    /// Why there is no outcome for `record`: trimmed (an error), or none was recorded.
+    fn absent_outcome(&self, record: RecordId) -> Result<Option<Vec<u8>>, Error> {
+        match self
+            .shared
+            .first_kept_offset(record.depot_id, record.partition)
+        {
+            Some((depot, first_kept_offset)) if record.offset < first_kept_offset => {
+                Err(Error::DepotTrimmed {
+                    depot: depot.to_string(),
+                    partition: record.partition,
+                    from_offset: record.offset,
+                    first_kept_offset,
+                })
+            }
+            _ => Ok(None),
+        }
     }
 
     /// What `topology` recorded for `record`, if it has processed it and recorded anything.
+    ///
+    /// With [depot retention](crate::EngineOptions::depot_retention), the outcomes of trimmed
+    /// records are deleted too (by the topology's next batch after the trim): asked for one
+    /// that is gone, this answers [`Error::DepotTrimmed`] rather than `None`, which would say
+    /// nothing was recorded. An outcome not yet deleted is still answered.
     pub fn outcome<O: DeserializeOwned>(
         &self,
         topology: &str,
@@ -293,7 +320,7 @@ impl<'e> Snapshot<'e> {
     ) -> Result<Option<Outcome<O>>, Error> {
         let id = self.shared.outcome_table_id(topology)?;
         match self.state.get(&outcome_key(id, record)?)? {
-            None => Ok(None),
+            None => self.absent_outcome(record).map(|_| None),
             Some(bytes) => {
                 let (batch_id, value): (u64, O) =
                     decode_envelope(&bytes).map_err(lockstep_core::HandlerError::from)?;

@@ -577,6 +577,9 @@ impl CommitStore for RocksStore {
         let state = self.cf(CF_STATE)?;
         let meta = self.cf(CF_META)?;
         let mut batch = WriteBatch::default();
+        for (start, end) in commit.deleted_ranges {
+            batch.delete_range_cf(state, start, end);
+        }
         for writes in commit.writes {
             for (key, value) in writes {
                 match value {
@@ -782,6 +785,7 @@ mod tests {
                 topology_id: 1,
                 record: &first,
                 writes: std::slice::from_ref(&writes),
+                deleted_ranges: &[],
             })
             .expect("commit");
         // Into a table file, so that the reads below lend bytes pinned in a block, and the
@@ -799,6 +803,7 @@ mod tests {
                 topology_id: 1,
                 record: &second,
                 writes: &[[(b"gone".to_vec(), None)].into()],
+                deleted_ranges: &[],
             })
             .expect("commit");
 

@@ -141,6 +141,32 @@ fn lagging_and_absent_topologies_hold_records_back_and_new_ones_start_at_the_fir
         ),
         "{refused:?}"
     );
+    // The ledger's next batch deletes the trimmed records' outcomes: one is then refused as
+    // trimmed, not answered "none recorded"; a kept record's outcome is still there.
+    engine
+        .append_many(&ledger.ops, &ops(64, 1))
+        .expect("append");
+    while engine.run_batch(TOPOLOGY).expect("batch").is_some() {}
+    let depot_id = engine.committed(TOPOLOGY).expect("committed").offsets[0].depot_id;
+    let snapshot = engine.snapshot().expect("snapshot");
+    let record = |offset| lockstep::RecordId {
+        depot_id,
+        partition: 1,
+        offset,
+    };
+    let trimmed = snapshot.outcome::<i64>(TOPOLOGY, record(audit_consumed[1] - 1));
+    assert!(
+        matches!(
+            trimmed,
+            Err(Error::DepotTrimmed { first_kept_offset, .. }) if first_kept_offset == audit_consumed[1]
+        ),
+        "{trimmed:?}"
+    );
+    assert!(snapshot
+        .outcome::<i64>(TOPOLOGY, record(audit_consumed[1]))
+        .expect("kept outcome")
+        .is_some());
+    drop(snapshot);
     engine.close();
 
     // Without the audit: its commit record still holds the depot back.

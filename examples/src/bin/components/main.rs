@@ -78,8 +78,9 @@ enum Cmd {
         /// Require clients to present this token.
         #[arg(long, env = "LOCKSTEP_TOKEN", hide_env_values = true)]
         token: Option<String>,
-        /// Delete command records once processed, keeping the newest this many of each
-        /// partition (default: keep every record).
+        /// Delete command records, and their outcomes, once processed, keeping the newest
+        /// this many of each partition (default: keep every record). A client that reads an
+        /// outcome after its record is deleted is told it was trimmed.
         #[arg(long)]
         keep_depot_records: Option<u64>,
         /// Forget a client (an idempotent producer) this many seconds after its last append;
