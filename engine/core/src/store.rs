@@ -483,8 +483,9 @@ pub struct BatchCommit<'a> {
     pub record: &'a CommitRecord,
     /// One write set per partition, disjoint by construction (each key has one owner).
     pub writes: &'a [WriteSet],
-    /// `[start, end)` key ranges of state to delete with the batch, before its writes: the
-    /// outcomes of depot records retention has trimmed. No write of the batch falls in them.
+    /// `[start, end)` key ranges of state to delete with the batch, after its writes: the
+    /// outcomes of depot records retention has trimmed (every one of them committed earlier;
+    /// an outcome a handler records for one now is deleted too).
     pub deleted_ranges: &'a [(Vec<u8>, Vec<u8>)],
 }
 

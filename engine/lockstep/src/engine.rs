@@ -127,9 +127,11 @@ pub struct EngineOptions {
     /// committed) starts at each partition's first kept record: the records trimmed before
     /// that count as processed for it (by [`Engine::processed`] and [`Engine::wait_for`]),
     /// and reading them with [`Engine::read_depot`] is refused with [`Error::DepotTrimmed`].
-    /// A trimmed record's outcome is deleted by each topology's next batch after the trim
-    /// (reading it then is refused the same way): keep enough records for clients that read
-    /// outcomes late.
+    /// A trimmed record's outcome is deleted by each consuming topology's next batch after
+    /// the trim (reading it then is refused the same way): keep enough records for clients
+    /// that read outcomes late. Each trim thus also costs one range deletion per consuming
+    /// topology and partition in the state column family (and one more per partition after
+    /// each open).
     /// A topology's commit record keeps the offsets of depots it no longer consumes, so
     /// those hold their records back until it returns.
     pub depot_retention: Option<DepotRetention>,
@@ -422,6 +424,11 @@ pub struct TopologyStats {
 }
 
 impl TopologyState {
+    /// Whether this topology consumes the depot `depot_id`.
+    pub(crate) fn consumes(&self, depot_id: u32) -> bool {
+        self.inputs.iter().any(|d| d.id == depot_id)
+    }
+
     /// The index, among this topology's inputs, of the depot `record` belongs to.
     fn input_of(&self, record: RecordId) -> Result<usize, Error> {
         self.inputs
@@ -2165,7 +2172,11 @@ fn prepare_batch(
 /// The key ranges of `state`'s outcomes that retention has made deletable since its last
 /// batch: per consumed depot partition, the outcomes of records from where the last deletion
 /// stopped up to the partition's first kept offset (§3a T5). Every record below that offset
-/// is committed by every topology (I9), so no batch in flight writes in these ranges.
+/// is committed by every topology (I9), so no batch in flight records their outcomes (but
+/// through `record_outcome_for`, and the commit deletes after writing). Advancing the marks
+/// here, before the commit, is safe: a batch that does not commit poisons or closes the
+/// engine, and the next open deletes from 0 again. Depots the topology no longer consumes
+/// are left alone: their outcomes stay until it consumes them again or is retired.
 fn trimmed_outcome_ranges(state: &TopologyState) -> Result<Vec<KeyRange>, Error> {
     let mut deleted_below = lock(&state.outcomes_deleted_below);
     let mut ranges = Vec::new();
@@ -2186,10 +2197,11 @@ fn trimmed_outcome_ranges(state: &TopologyState) -> Result<Vec<KeyRange>, Error>
                 offset,
             };
             let outcome_pstate_id = state.ids.outcome_pstate_id;
-            ranges.push((
+            let range = (
                 outcome_key(outcome_pstate_id, record(*below))?,
                 outcome_key(outcome_pstate_id, record(kept))?,
-            ));
+            );
+            ranges.push(range);
             *below = kept;
         }
     }

@@ -126,7 +126,8 @@ pub enum Error {
         /// The reused call number.
         sequence: u64,
     },
-    /// A depot read asked for records that retention has deleted
+    /// A depot read asked for records, or an outcome read for the outcome of a record, that
+    /// retention has deleted
     /// ([`EngineOptions::depot_retention`](crate::EngineOptions::depot_retention)); nothing is
     /// wrong, and the partition can be read from `first_kept_offset`.
     #[error("depot {depot:?} partition {partition}: offset {from_offset} was trimmed by retention; the first kept offset is {first_kept_offset}")]

@@ -285,12 +285,15 @@ impl<'e> Snapshot<'e> {
         let id = self.shared.outcome_table_id(topology)?;
         match self.state.get(&outcome_key(id, record)?)? {
             Some(bytes) => Ok(Some(bytes)),
-            None => self.absent_outcome(record),
+            None => self.absent_outcome(topology, record),
         }
     }
 
-    /// Why there is no outcome for `record`: trimmed (an error), or none was recorded.
-    fn absent_outcome(&self, record: RecordId) -> Result<Option<Vec<u8>>, Error> {
+    /// Why `topology` has no outcome for `record`: trimmed (an error), or none was recorded.
+    fn absent_outcome(&self, topology: &str, record: RecordId) -> Result<Option<Vec<u8>>, Error> {
+        if !self.shared.topology(topology)?.consumes(record.depot_id) {
+            return Ok(None);
+        }
         match self
             .shared
             .first_kept_offset(record.depot_id, record.partition)
@@ -312,7 +315,9 @@ impl<'e> Snapshot<'e> {
     /// With [depot retention](crate::EngineOptions::depot_retention), the outcomes of trimmed
     /// records are deleted too (by the topology's next batch after the trim): asked for one
     /// that is gone, this answers [`Error::DepotTrimmed`] rather than `None`, which would say
-    /// nothing was recorded. An outcome not yet deleted is still answered.
+    /// nothing was recorded. An outcome not yet deleted is still answered. Below a
+    /// partition's first kept offset the engine can no longer tell a deleted outcome from none
+    /// recorded (or from a record this snapshot predates): all three answer trimmed.
     pub fn outcome<O: DeserializeOwned>(
         &self,
         topology: &str,
@@ -320,7 +325,7 @@ impl<'e> Snapshot<'e> {
     ) -> Result<Option<Outcome<O>>, Error> {
         let id = self.shared.outcome_table_id(topology)?;
         match self.state.get(&outcome_key(id, record)?)? {
-            None => self.absent_outcome(record).map(|_| None),
+            None => self.absent_outcome(topology, record).map(|_| None),
             Some(bytes) => {
                 let (batch_id, value): (u64, O) =
                     decode_envelope(&bytes).map_err(lockstep_core::HandlerError::from)?;

@@ -577,9 +577,6 @@ impl CommitStore for RocksStore {
         let state = self.cf(CF_STATE)?;
         let meta = self.cf(CF_META)?;
         let mut batch = WriteBatch::default();
-        for (start, end) in commit.deleted_ranges {
-            batch.delete_range_cf(state, start, end);
-        }
         for writes in commit.writes {
             for (key, value) in writes {
                 match value {
@@ -587,6 +584,10 @@ impl CommitStore for RocksStore {
                     None => batch.delete_cf(state, key),
                 }
             }
+        }
+        // After the writes: a handler's outcome recorded for a trimmed record goes too.
+        for (start, end) in commit.deleted_ranges {
+            batch.delete_range_cf(state, start, end);
         }
         batch.put_cf(
             meta,

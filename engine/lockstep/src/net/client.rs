@@ -413,7 +413,9 @@ impl Client {
         }
     }
 
-    /// The outcome `topology` recorded for `record`, with the batch that recorded it.
+    /// The outcome `topology` recorded for `record`, with the batch that recorded it. With
+    /// depot retention on the server, the outcome of a trimmed record is deleted after it;
+    /// reading it then fails with a `Refused` server error that says the record was trimmed.
     pub async fn outcome<O: DeserializeOwned>(
         &mut self,
         topology: &str,

@@ -39,6 +39,18 @@ pub fn ack_json(partition: u32, offset: u64, outcome: Option<(Outcome, u64)>) ->
     json!(ack)
 }
 
+/// The answer to a line that was appended and processed, but whose outcome retention deleted
+/// before it could be read.
+pub fn trimmed_ack_json(partition: u32, offset: u64, detail: &str) -> Value {
+    json!({
+        "ok": true,
+        "partition": partition,
+        "offset": offset,
+        "outcome": "trimmed",
+        "detail": detail,
+    })
+}
+
 /// The answer to a line that could not be appended.
 pub fn error_json(error: &str) -> Value {
     json!({ "ok": false, "error": error })

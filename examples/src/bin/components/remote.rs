@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
-use lockstep::net::{Client, ClientConfig, ClientError, Read, ReadResult, Server, ServerConfig};
+use lockstep::net::{
+    Client, ClientConfig, ClientError, Read, ReadResult, Server, ServerConfig, WireErrorKind,
+};
 use lockstep::{
     decode_envelope, decode_key, decode_key_prefix, encode_key, DepotRetention, Engine,
     EngineOptions,
@@ -23,7 +25,7 @@ use lockstep_topologies::components::{
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::json::{ack_json, component_json, error_json};
+use crate::json::{ack_json, component_json, error_json, trimmed_ack_json};
 use lockstep_topologies::components::json::parse_command;
 
 /// How long `append --wait` waits for one command when no `--retry-for` is given.
@@ -214,10 +216,22 @@ async fn append_one(
         retry_for.max(WAIT_DEFAULT)
     };
     client.wait_for(TOPOLOGY, id, timeout).await?;
-    let outcome = client
-        .outcome::<Outcome>(TOPOLOGY, id)
-        .await?
-        .ok_or_else(|| ClientError::Protocol("processed command has no outcome".to_string()))?;
+    let outcome = match client.outcome::<Outcome>(TOPOLOGY, id).await {
+        Ok(Some(outcome)) => outcome,
+        Ok(None) => {
+            return Err(ClientError::Protocol(
+                "processed command has no outcome".to_string(),
+            ))
+        }
+        // Processed (the wait said so), and its outcome already deleted with its record by
+        // retention (`serve --keep-depot-records`): the only refusal an outcome read of a
+        // processed command can get. Applied or rejected is no longer known; failing the line
+        // would invite a retry of a command that took effect.
+        Err(ClientError::Server(error)) if error.kind == WireErrorKind::Refused => {
+            return Ok(trimmed_ack_json(id.partition, id.offset, &error.message));
+        }
+        Err(error) => return Err(error),
+    };
     Ok(ack_json(
         id.partition,
         id.offset,
