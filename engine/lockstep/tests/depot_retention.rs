@@ -5,32 +5,11 @@
 
 mod common;
 
+use common::retention::{audit, counted, first_kept, heads, ops, options};
 use common::{ledger, open, read_state, Ledger, Op, TOPOLOGY};
-use lockstep::{DepotRetention, Engine, EngineOptions, Error, PState, Topology, TopologyBuilder};
+use lockstep::{DepotRetention, Engine, EngineOptions, Error, Topology, TopologyBuilder};
 
 const PARTITIONS: u32 = 2;
-
-/// A second consumer of the ledger's depot: counts the ops it sees per key.
-fn audit(name: &str, ledger: &Ledger) -> (Topology, PState<u32, u64>) {
-    let mut builder = TopologyBuilder::<()>::new(name, PARTITIONS);
-    let seen = builder.pstate::<u32, u64>(&format!("{name}-seen"));
-    let counts = seen.clone();
-    builder.consume(&ledger.ops, move |ctx, op: Op| {
-        let count = ctx.get(&counts, &op.key)?.unwrap_or(0) + 1;
-        ctx.put(&counts, &op.key, &count)
-    });
-    (builder.build().expect("valid topology"), seen)
-}
-
-fn options(batch_records_max: usize) -> EngineOptions {
-    let mut options = EngineOptions::manual();
-    options.batch_records_max = batch_records_max;
-    let mut retention = DepotRetention::default();
-    retention.keep_records_min = 3;
-    retention.trim_step_records = 4;
-    options.depot_retention = Some(retention);
-    options
-}
 
 fn open_with(
     dir: &std::path::Path,
@@ -46,47 +25,6 @@ fn open_with(
         builder = builder.topology(topology.clone());
     }
     builder.open().expect("open")
-}
-
-fn ops(from: u32, n: u32) -> Vec<Op> {
-    (from..from + n)
-        .map(|i| Op {
-            key: i % 7,
-            amount: 1,
-            mirror: i % 3,
-        })
-        .collect()
-}
-
-fn first_kept(engine: &Engine, ledger: &Ledger) -> Vec<u64> {
-    (0..PARTITIONS)
-        .map(|p| {
-            engine
-                .depot_first_kept_offset(&ledger.ops, p)
-                .expect("start")
-        })
-        .collect()
-}
-
-fn heads(engine: &Engine, ledger: &Ledger) -> Vec<u64> {
-    (0..PARTITIONS)
-        .map(|p| engine.depot_next_offset(&ledger.ops, p).expect("head"))
-        .collect()
-}
-
-fn counts(engine: &Engine, seen: &PState<u32, u64>) -> u64 {
-    let snapshot = engine.snapshot().expect("snapshot");
-    snapshot
-        .range(
-            seen,
-            std::ops::Bound::Unbounded,
-            std::ops::Bound::Unbounded,
-            usize::MAX,
-        )
-        .expect("range")
-        .into_iter()
-        .map(|(_, count)| count)
-        .sum()
 }
 
 #[test]
@@ -216,9 +154,9 @@ fn lagging_and_absent_topologies_hold_records_back_and_new_ones_start_at_the_fir
     engine.run_until_idle().expect("drain");
     // The audit saw every record: its first batch's, and every one after it.
     let total: u64 = heads(&engine, &ledger).iter().sum();
-    assert_eq!(counts(&engine, &audit_seen), total);
+    assert_eq!(counted(&engine, &audit_seen), total);
     // The late topology saw exactly the records kept when it was declared.
-    assert_eq!(counts(&engine, &late_seen), total - audit_total);
+    assert_eq!(counted(&engine, &late_seen), total - audit_total);
     // A record trimmed before it existed counts as processed for it.
     let trimmed = lockstep::RecordId {
         depot_id: ids[0].depot_id,
@@ -437,5 +375,5 @@ fn a_depot_a_topology_stops_consuming_is_held_until_it_returns() {
         .map(|p| engine.depot_next_offset(&extra, p).expect("head"))
         .sum();
     let ops_total: u64 = heads(&engine, &ledger).iter().sum();
-    assert_eq!(counts(&engine, &seen), ops_total + extra_total);
+    assert_eq!(counted(&engine, &seen), ops_total + extra_total);
 }

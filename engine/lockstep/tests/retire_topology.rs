@@ -6,22 +6,11 @@
 
 mod common;
 
-use common::{ledger, read_state, Ledger, Op};
-use lockstep::{DepotRetention, Engine, EngineOptions, Error, PState, Topology, TopologyBuilder};
+use common::retention::{audit, counted, first_kept, heads, ops, options};
+use common::{ledger, read_state, Ledger};
+use lockstep::{Engine, Error, Topology};
 
 const PARTITIONS: u32 = 2;
-
-/// A second consumer of the ledger's depot: counts the ops it sees per key.
-fn audit(ledger: &Ledger) -> (Topology, PState<u32, u64>) {
-    let mut builder = TopologyBuilder::<()>::new("audit", PARTITIONS);
-    let seen = builder.pstate::<u32, u64>("audit-seen");
-    let counts = seen.clone();
-    builder.consume(&ledger.ops, move |ctx, op: Op| {
-        let count = ctx.get(&counts, &op.key)?.unwrap_or(0) + 1;
-        ctx.put(&counts, &op.key, &count)
-    });
-    (builder.build().expect("valid topology"), seen)
-}
 
 fn open(
     dir: &std::path::Path,
@@ -29,14 +18,8 @@ fn open(
     audit: Option<&Topology>,
     retire_audit: bool,
 ) -> Result<Engine, Error> {
-    let mut options = EngineOptions::manual();
-    options.batch_records_max = 10;
-    let mut retention = DepotRetention::default();
-    retention.keep_records_min = 3;
-    retention.trim_step_records = 4;
-    options.depot_retention = Some(retention);
     let mut builder = Engine::builder(dir)
-        .options(options)
+        .options(options(10))
         .depot(&ledger.ops)
         .topology(ledger.topology.clone());
     if let Some(audit) = audit {
@@ -48,53 +31,11 @@ fn open(
     builder.open()
 }
 
-fn ops(from: u32, n: u32) -> Vec<Op> {
-    (from..from + n)
-        .map(|i| Op {
-            key: i % 7,
-            amount: 1,
-            mirror: i % 3,
-        })
-        .collect()
-}
-
-fn first_kept(engine: &Engine, ledger: &Ledger) -> Vec<u64> {
-    (0..PARTITIONS)
-        .map(|p| {
-            engine
-                .depot_first_kept_offset(&ledger.ops, p)
-                .expect("start")
-        })
-        .collect()
-}
-
-fn heads(engine: &Engine, ledger: &Ledger) -> Vec<u64> {
-    (0..PARTITIONS)
-        .map(|p| engine.depot_next_offset(&ledger.ops, p).expect("head"))
-        .collect()
-}
-
-fn seen_total(engine: &Engine, seen: &PState<u32, u64>) -> u64 {
-    engine
-        .snapshot()
-        .expect("snapshot")
-        .range(
-            seen,
-            std::ops::Bound::Unbounded,
-            std::ops::Bound::Unbounded,
-            usize::MAX,
-        )
-        .expect("range")
-        .into_iter()
-        .map(|(_, count)| count)
-        .sum()
-}
-
 #[test]
 fn a_retired_topology_stops_holding_records_back_and_its_name_starts_afresh() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ledger = ledger(PARTITIONS);
-    let (audit, seen) = audit(&ledger);
+    let (audit, seen) = audit("audit", &ledger);
 
     // The audit commits one small batch, then leaves the run.
     let engine = open(dir.path(), &ledger, Some(&audit), false).expect("open");
@@ -109,7 +50,7 @@ fn a_retired_topology_stops_holding_records_back_and_its_name_starts_afresh() {
         .iter()
         .map(|o| o.next_offset)
         .collect();
-    assert!(seen_total(&engine, &seen) > 0);
+    assert!(counted(&engine, &seen) > 0);
     drop(engine);
 
     // Absent, its commit record still holds the depot back.
@@ -153,7 +94,7 @@ fn a_retired_topology_stops_holding_records_back_and_its_name_starts_afresh() {
     assert_eq!(ledger_again, 64);
     drop(engine);
     let engine = open(dir.path(), &ledger, Some(&audit), false).expect("the audit anew");
-    assert_eq!(seen_total(&engine, &seen), 0);
+    assert_eq!(counted(&engine, &seen), 0);
     assert!(engine
         .committed("audit")
         .expect("committed")
@@ -165,7 +106,7 @@ fn a_retired_topology_stops_holding_records_back_and_its_name_starts_afresh() {
         .zip(&kept)
         .map(|(head, kept)| head - kept)
         .sum();
-    assert_eq!(seen_total(&engine, &seen), still_stored);
+    assert_eq!(counted(&engine, &seen), still_stored);
 }
 
 /// The audit, declared, with one batch committed.
@@ -191,7 +132,7 @@ fn audit_still_committed(dir: &std::path::Path, ledger: &Ledger, audit: &Topolog
 fn declaring_and_retiring_one_topology_is_refused_and_writes_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ledger = ledger(PARTITIONS);
-    let (audit, _) = audit(&ledger);
+    let (audit, _) = audit("audit", &ledger);
     directory_with_a_committed_audit(dir.path(), &ledger, &audit);
     let refused = open(dir.path(), &ledger, Some(&audit), true);
     assert!(
@@ -207,7 +148,7 @@ fn declaring_and_retiring_one_topology_is_refused_and_writes_nothing() {
 fn a_contradicting_declaration_fails_the_open_before_retiring() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ledger = ledger(PARTITIONS);
-    let (audit, _) = audit(&ledger);
+    let (audit, _) = audit("audit", &ledger);
     directory_with_a_committed_audit(dir.path(), &ledger, &audit);
     let wider = common::ledger(PARTITIONS + 1);
     let refused = open(dir.path(), &wider, None, true);

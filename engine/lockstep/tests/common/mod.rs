@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod kill;
+pub mod retention;
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
