@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::retention::{audit, counted, first_kept, heads, ops, options};
+use common::retention::{audit, committed_offsets, counted, first_kept, heads, ops, options};
 use common::{ledger, open, read_state, Ledger, Op, TOPOLOGY};
 use lockstep::{DepotRetention, Engine, EngineOptions, Error, Topology, TopologyBuilder};
 
@@ -54,13 +54,7 @@ fn lagging_and_absent_topologies_hold_records_back_and_new_ones_start_at_the_fir
     // The audit runs one batch of at most 10 records per partition; the next append trims
     // down to what it has committed.
     engine.run_batch("audit").expect("audit batch");
-    let audit_consumed: Vec<u64> = engine
-        .committed("audit")
-        .expect("committed")
-        .offsets
-        .iter()
-        .map(|o| o.next_offset)
-        .collect();
+    let audit_consumed = committed_offsets(&engine, "audit");
     // A batch is a prefix of the append order: it stops when one partition reaches its cap.
     assert!(audit_consumed.contains(&10), "{audit_consumed:?}");
     assert!(audit_consumed.iter().all(|c| *c >= 4), "{audit_consumed:?}");

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::retention::{audit, counted, first_kept, heads, ops, options};
+use common::retention::{audit, committed_offsets, counted, first_kept, heads, ops, options};
 use common::{ledger, read_state, Ledger};
 use lockstep::{Engine, Error, Topology};
 
@@ -43,13 +43,7 @@ fn a_retired_topology_stops_holding_records_back_and_its_name_starts_afresh() {
         .append_many(&ledger.ops, &ops(0, 60))
         .expect("append");
     engine.run_batch("audit").expect("audit batch");
-    let audit_consumed: Vec<u64> = engine
-        .committed("audit")
-        .expect("committed")
-        .offsets
-        .iter()
-        .map(|o| o.next_offset)
-        .collect();
+    let audit_consumed = committed_offsets(&engine, "audit");
     assert!(counted(&engine, &seen) > 0);
     drop(engine);
 

@@ -75,3 +75,14 @@ pub fn counted(engine: &Engine, seen: &PState<u32, u64>) -> u64 {
         .map(|(_, count)| count)
         .sum()
 }
+
+/// The first offset `topology` has not committed, per partition of the one depot it consumes.
+pub fn committed_offsets(engine: &Engine, topology: &str) -> Vec<u64> {
+    engine
+        .committed(topology)
+        .expect("committed")
+        .offsets
+        .iter()
+        .map(|o| o.next_offset)
+        .collect()
+}
