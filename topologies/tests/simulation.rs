@@ -286,6 +286,10 @@ fn graph_stays_reciprocally_consistent_through_interleavings_crashes_and_failed_
         summary.records_trimmed > 0,
         "retention never trimmed: {summary}"
     );
+    assert!(
+        summary.outcomes_trimmed > 0,
+        "no outcome was seen deleted with its record: {summary}"
+    );
 }
 
 #[test]
@@ -302,6 +306,10 @@ fn components_survive_interleavings_crashes_and_failed_fsyncs() {
         summary.records_trimmed > 0,
         "retention never trimmed: {summary}"
     );
+    assert!(
+        summary.outcomes_trimmed > 0,
+        "no outcome was seen deleted with its record: {summary}"
+    );
 }
 
 #[test]
@@ -315,6 +323,10 @@ fn counter_survives_interleavings_crashes_and_failed_fsyncs() {
     assert!(
         summary.records_trimmed > 0,
         "retention never trimmed: {summary}"
+    );
+    assert!(
+        summary.outcomes_trimmed > 0,
+        "no outcome was seen deleted with its record: {summary}"
     );
 }
 

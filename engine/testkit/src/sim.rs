@@ -239,7 +239,8 @@ pub struct SimSummary {
     pub records_checked: u64,
     /// Records retention had deleted by the end of each seed.
     pub records_trimmed: u64,
-    /// Records processed whose outcome retention had deleted before the check could read it.
+    /// Outcomes checked against the model and later found deleted by retention with their
+    /// records (or deleted before the first check could read them).
     pub outcomes_trimmed: u64,
 }
 
@@ -263,8 +264,8 @@ impl fmt::Display for SimSummary {
         write!(
             f,
             "{} seeds, {} steps: {} appends acknowledged, {} failed and retried, {} batches, \
-             {} restarts, {} faults fired, {} records checked against the model ({} of them \
-             with their outcome trimmed before the check), {} trimmed",
+             {} restarts, {} faults fired, {} records checked against the model, {} trimmed \
+             ({} outcomes seen deleted with them)",
             self.seeds,
             self.steps,
             self.appends_acknowledged,
@@ -273,8 +274,8 @@ impl fmt::Display for SimSummary {
             self.restarts,
             self.faults_fired,
             self.records_checked,
-            self.outcomes_trimmed,
-            self.records_trimmed
+            self.records_trimmed,
+            self.outcomes_trimmed
         )
     }
 }
@@ -537,6 +538,9 @@ struct Execution<'t, T: SimTarget> {
     /// Records fed to the model, and the sequence number of the last one.
     applied: BTreeSet<RecordId>,
     applied_seq_last: Option<u64>,
+    /// The outcomes read for applied records: each must read the same at every later check,
+    /// until retention deletes it with its record; then it must read as trimmed.
+    outcomes: BTreeMap<RecordId, T::Outcome>,
     /// The last committed batch id seen: it never goes back, through any crash.
     batch_id_seen: u64,
     /// Whether any process of this run had depot retention on: if none did, nothing may be
@@ -569,6 +573,7 @@ impl<'t, T: SimTarget> Execution<'t, T> {
             acknowledged: BTreeMap::new(),
             applied: BTreeSet::new(),
             applied_seq_last: None,
+            outcomes: BTreeMap::new(),
             batch_id_seen: 0,
             retention_seen: false,
             summary: SimSummary::default(),
@@ -866,11 +871,16 @@ impl<'t, T: SimTarget> Execution<'t, T> {
                         let recorded = read
                             .map_err(|e| format!("outcome of {:?}: {e}", record.id))?
                             .map(|o| o.value);
-                        if recorded.as_ref() != Some(&expected) {
-                            return Err(format!(
-                                "{:?} {:?}: recorded outcome {recorded:?}, model {expected:?}",
-                                record.id, record.record
-                            ));
+                        match recorded {
+                            Some(recorded) if recorded == expected => {
+                                self.outcomes.insert(record.id, recorded);
+                            }
+                            recorded => {
+                                return Err(format!(
+                                    "{:?} {:?}: recorded outcome {recorded:?}, model {expected:?}",
+                                    record.id, record.record
+                                ))
+                            }
                         }
                     }
                 }
@@ -878,6 +888,26 @@ impl<'t, T: SimTarget> Execution<'t, T> {
             self.applied.insert(record.id);
             self.applied_seq_last = Some(record.seq);
             self.summary.records_checked += 1;
+        }
+        // Outcomes read before read the same, until retention deletes them with their records
+        // (deleting any other outcome would show here), and then read as trimmed for good.
+        let mut deleted = Vec::new();
+        for (id, outcome) in &self.outcomes {
+            match snapshot.outcome::<T::Outcome>(topology, *id) {
+                Ok(Some(read)) if read.value == *outcome => {}
+                Err(Error::DepotTrimmed { .. }) if self.trimmed(id, &first_kept) => {
+                    deleted.push(*id);
+                }
+                other => {
+                    return Err(format!(
+                        "{id:?}: outcome {outcome:?} read back as {other:?}"
+                    ))
+                }
+            }
+        }
+        for id in deleted {
+            self.outcomes.remove(&id);
+            self.summary.outcomes_trimmed += 1;
         }
         self.target
             .check(&snapshot, &self.model)
