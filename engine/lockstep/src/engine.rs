@@ -470,6 +470,8 @@ pub(crate) struct Shared {
     /// not declared in this run (or of depots a declared topology no longer consumes) have yet
     /// to consume: retention keeps those records for them.
     retention_floors: BTreeMap<(u32, u32), u64>,
+    /// The topologies this open retired, by name (those the directory held).
+    retired_topologies: Vec<String>,
 }
 
 impl Shared {
@@ -853,6 +855,7 @@ impl Engine {
             durable_seq: AtomicU64::new(next_seq),
             append_stats: Mutex::new(AppendStats::default()),
             retention_floors,
+            retired_topologies: retired.iter().map(|t| t.name.clone()).collect(),
             store,
             options: builder.options,
             poison: Poison::default(),
@@ -1281,6 +1284,13 @@ impl Engine {
     /// Totals over the batches `topology` committed since the engine opened.
     pub fn stats(&self, topology: &str) -> Result<TopologyStats, Error> {
         Ok(lock(&self.shared.topology(topology)?.stats).clone())
+    }
+
+    /// The topologies this open retired ([`EngineBuilder::retire_topology`]), in name order:
+    /// those the data directory held. A name asked for but absent (retired before, or never
+    /// declared) is not listed.
+    pub fn retired_topologies(&self) -> &[String] {
+        &self.shared.retired_topologies
     }
 
     /// Totals over the depot appends made durable since the engine opened.

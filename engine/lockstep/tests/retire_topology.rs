@@ -60,6 +60,7 @@ fn a_retired_topology_stops_holding_records_back_and_its_name_starts_afresh() {
     // Retired, it no longer does: the next append trims to the newest 3 of each partition
     // (the ledger has committed everything).
     let engine = open(dir.path(), &ledger, None, true).expect("reopen retiring the audit");
+    assert_eq!(engine.retired_topologies(), ["audit".to_string()]);
     engine
         .append_many(&ledger.ops, &ops(62, 2))
         .expect("append");
@@ -83,6 +84,7 @@ fn a_retired_topology_stops_holding_records_back_and_its_name_starts_afresh() {
     // so it starts empty even if the old entries were left behind: the unit test in
     // `engine.rs` checks that they are deleted.)
     let engine = open(dir.path(), &ledger, None, true).expect("retiring again");
+    assert!(engine.retired_topologies().is_empty());
     assert_eq!(first_kept(&engine, &ledger), kept);
     let ledger_again: i64 = read_state(&engine, &ledger).totals.values().sum();
     assert_eq!(ledger_again, 64);
