@@ -485,7 +485,7 @@ pub struct BatchCommit<'a> {
     pub writes: &'a [WriteSet],
     /// `[start, end)` key ranges of state to delete with the batch, after its writes: the
     /// outcomes of depot records retention has trimmed (every one of them committed earlier;
-    /// an outcome a handler records for one now is deleted too).
+    /// an outcome a handler records now for a record in a range is deleted too).
     pub deleted_ranges: &'a [(Vec<u8>, Vec<u8>)],
 }
 

@@ -133,7 +133,8 @@ pub struct EngineOptions {
     /// topology and partition in the state column family (and one more per partition after
     /// each open).
     /// A topology's commit record keeps the offsets of depots it no longer consumes, so
-    /// those hold their records back until it returns.
+    /// those hold their records back until it returns, or is retired
+    /// ([`EngineBuilder::retire_topology`]).
     pub depot_retention: Option<DepotRetention>,
     /// How long an idempotent producer is remembered after its last accepted append call.
     /// A retry is recognised (answered with its first positions, written once) only while its

@@ -50,8 +50,9 @@ pub(crate) fn depot_entry_bytes(entry: &DepotEntry<'_>) -> u64 {
 
 const PRODUCER_PREFIX: &[u8] = b"producer/";
 
-/// A producer state as format 1 wrote it, before the last append's time was kept. Such states
-/// stay on disk until their producer appends again or expires, so they are read for good.
+/// A producer state as format 1 wrote it, before the last append's time was kept. The first
+/// open of a format-1 directory dates and rewrites them, but a crash right after it marked the
+/// directory format 2 leaves them as they were: they are read whatever the format says.
 #[derive(serde::Deserialize)]
 struct ProducerStateV1 {
     producer: u64,
@@ -585,7 +586,7 @@ impl CommitStore for RocksStore {
                 }
             }
         }
-        // After the writes: a handler's outcome recorded for a trimmed record goes too.
+        // After the writes: an outcome a handler records for a record in a range goes too.
         for (start, end) in commit.deleted_ranges {
             batch.delete_range_cf(state, start, end);
         }

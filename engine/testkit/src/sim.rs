@@ -541,6 +541,8 @@ struct Execution<'t, T: SimTarget> {
     /// The outcomes read for applied records: each must read the same at every later check,
     /// until retention deletes it with its record; then it must read as trimmed.
     outcomes: BTreeMap<RecordId, T::Outcome>,
+    /// Records whose outcome was seen deleted: it must stay so.
+    outcomes_deleted: BTreeSet<RecordId>,
     /// The last committed batch id seen: it never goes back, through any crash.
     batch_id_seen: u64,
     /// Whether any process of this run had depot retention on: if none did, nothing may be
@@ -574,6 +576,7 @@ impl<'t, T: SimTarget> Execution<'t, T> {
             applied: BTreeSet::new(),
             applied_seq_last: None,
             outcomes: BTreeMap::new(),
+            outcomes_deleted: BTreeSet::new(),
             batch_id_seen: 0,
             retention_seen: false,
             summary: SimSummary::default(),
@@ -891,6 +894,12 @@ impl<'t, T: SimTarget> Execution<'t, T> {
         }
         // Outcomes read before read the same, until retention deletes them with their records
         // (deleting any other outcome would show here), and then read as trimmed for good.
+        for id in &self.outcomes_deleted {
+            match snapshot.outcome::<T::Outcome>(topology, *id) {
+                Err(Error::DepotTrimmed { .. }) => {}
+                other => return Err(format!("{id:?}: deleted outcome read back as {other:?}")),
+            }
+        }
         let mut deleted = Vec::new();
         for (id, outcome) in &self.outcomes {
             match snapshot.outcome::<T::Outcome>(topology, *id) {
@@ -907,6 +916,7 @@ impl<'t, T: SimTarget> Execution<'t, T> {
         }
         for id in deleted {
             self.outcomes.remove(&id);
+            self.outcomes_deleted.insert(id);
             self.summary.outcomes_trimmed += 1;
         }
         self.target

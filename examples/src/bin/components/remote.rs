@@ -224,9 +224,11 @@ async fn append_one(
             ))
         }
         // Processed (the wait said so), and its outcome already deleted with its record by
-        // retention (`serve --keep-depot-records`): the only refusal an outcome read of a
-        // processed command can get. Applied or rejected is no longer known; failing the line
-        // would invite a retry of a command that took effect.
+        // retention (`serve --keep-depot-records`). `Refused` is the server's catch-all kind,
+        // but for a topology the wait just found and a record it found processed, the one
+        // refusal an outcome read gets is a trimmed record (`Error::DepotTrimmed`); its
+        // message goes out as the detail. Applied or rejected is no longer known, and failing
+        // the line would invite a retry of a command that took effect.
         Err(ClientError::Server(error)) if error.kind == WireErrorKind::Refused => {
             return Ok(trimmed_ack_json(id.partition, id.offset, &error.message));
         }
