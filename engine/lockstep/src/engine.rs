@@ -425,9 +425,12 @@ pub struct TopologyStats {
 }
 
 impl TopologyState {
-    /// Whether this topology consumes the depot `depot_id`.
-    pub(crate) fn consumes(&self, depot_id: u32) -> bool {
-        self.inputs.iter().any(|d| d.id == depot_id)
+    /// For a depot this topology consumes: its name and the first kept offset of
+    /// `partition` (`None` for a depot it does not consume, or no such partition).
+    pub(crate) fn consumed_first_kept(&self, depot_id: u32, partition: u32) -> Option<(&str, u64)> {
+        let depot = self.inputs.iter().find(|d| d.id == depot_id)?;
+        let kept = depot.first_kept.get(partition as usize)?;
+        Some((depot.spec.name.as_str(), kept.load(Ordering::Acquire)))
     }
 
     /// The index, among this topology's inputs, of the depot `record` belongs to.
@@ -507,14 +510,6 @@ impl Shared {
             Some((Some(declared), id)) if **declared == *spec => Ok(*id),
             _ => Err(Error::UnknownPState(spec.name.clone())),
         }
-    }
-
-    /// The name of the declared depot `depot_id` and the first kept offset of its `partition`
-    /// (`None` if no such depot or partition is declared).
-    pub(crate) fn first_kept_offset(&self, depot_id: u32, partition: u32) -> Option<(&str, u64)> {
-        let depot = self.depots.values().find(|d| d.id == depot_id)?;
-        let kept = depot.first_kept.get(partition as usize)?;
-        Some((depot.spec.name.as_str(), kept.load(Ordering::Acquire)))
     }
 
     pub(crate) fn outcome_table_id(&self, topology: &str) -> Result<u32, Error> {
@@ -1379,7 +1374,7 @@ impl Engine {
             from_offset,
             first_kept_offset,
         };
-        let first_kept_offset = self.shared.store.first_kept_offset(state.id, partition)?;
+        let first_kept_offset = self.depot_first_kept_offset(depot, partition)?;
         if from_offset < first_kept_offset {
             return Err(trimmed(first_kept_offset));
         }
@@ -1548,16 +1543,6 @@ fn run_appender(shared: &Shared, requests: &Receiver<AppendRequest>, mut produce
         .collect();
     let depots_by_id: BTreeMap<u32, Arc<DepotState>> =
         shared.depots.values().map(|d| (d.id, d.clone())).collect();
-    let mut first_kept: BTreeMap<(u32, u32), u64> = shared
-        .depots
-        .values()
-        .flat_map(|d| {
-            d.first_kept
-                .iter()
-                .enumerate()
-                .map(|(partition, kept)| ((d.id, partition as u32), kept.load(Ordering::Acquire)))
-        })
-        .collect();
     while let Ok(first) = requests.recv() {
         let mut group_bytes: usize = first.records.iter().map(|(_, b)| b.len()).sum();
         let mut group = vec![first];
@@ -1653,7 +1638,7 @@ fn run_appender(shared: &Shared, requests: &Receiver<AppendRequest>, mut produce
         let nothing_to_write = entries.is_empty() && marks.is_empty() && expired.is_empty();
         let trims = match shared.options.depot_retention {
             Some(retention) if !nothing_to_write => {
-                plan_trims(shared, &retention, &next_offsets, &first_kept)
+                plan_trims(shared, &retention, &next_offsets, &depots_by_id)
             }
             _ => Vec::new(),
         };
@@ -1679,8 +1664,8 @@ fn run_appender(shared: &Shared, requests: &Receiver<AppendRequest>, mut produce
             for trim in &trims {
                 stats.trims += 1;
                 stats.trimmed_records += trim.first_kept_offset - trim.previous_first_kept_offset;
-                first_kept.insert((trim.depot_id, trim.partition), trim.first_kept_offset);
-                // Durable: topologies may now delete the outcomes below it (§3a T5).
+                // Durable: the next plan starts from it, and topologies may now delete the
+                // outcomes below it (§3a T5).
                 if let Some(depot) = depots_by_id.get(&trim.depot_id) {
                     if let Some(kept) = depot.first_kept.get(trim.partition as usize) {
                         kept.store(trim.first_kept_offset, Ordering::Release);
@@ -1734,19 +1719,22 @@ fn run_appender(shared: &Shared, requests: &Receiver<AppendRequest>, mut produce
 /// consuming topology has yet to commit (its published progress: what is durable), keeping
 /// the newest `keep_records_min` records and always the last, once at least
 /// `trim_step_records` can go. `heads` are the next offsets after the group being written,
-/// whose records are written with the trims.
+/// whose records are written with the trims; `depots` publish each partition's first kept
+/// offset (only the appender writes it).
 fn plan_trims(
     shared: &Shared,
     retention: &DepotRetention,
     heads: &BTreeMap<u32, Vec<u64>>,
-    first_kept: &BTreeMap<(u32, u32), u64>,
+    depots: &BTreeMap<u32, Arc<DepotState>>,
 ) -> Vec<DepotTrim> {
     let keep = retention.keep_records_min.max(1);
     let step = retention.trim_step_records.max(1);
     // The trim a partition may take with this floor, if it moves its start by a step.
     let trim = |depot_id: u32, partition: u32, head: u64, floor: u64| {
-        let previous_first_kept_offset =
-            first_kept.get(&(depot_id, partition)).copied().unwrap_or(0);
+        let previous_first_kept_offset = depots
+            .get(&depot_id)
+            .and_then(|depot| depot.first_kept.get(partition as usize))
+            .map_or(0, |kept| kept.load(Ordering::Acquire));
         let first_kept_offset = floor.min(head.saturating_sub(keep));
         (first_kept_offset >= previous_first_kept_offset.saturating_add(step)).then_some(
             DepotTrim {
@@ -2191,12 +2179,11 @@ fn prepare_batch(
 fn trimmed_outcome_ranges(state: &TopologyState) -> Result<Vec<KeyRange>, Error> {
     let mut deleted_below = lock(&state.outcomes_deleted_below);
     let mut ranges = Vec::new();
-    for (input, depot) in state.inputs.iter().enumerate() {
-        let Some(deleted_below) = deleted_below.get_mut(input) else {
-            continue;
-        };
-        for (partition, (below, kept)) in
-            deleted_below.iter_mut().zip(&depot.first_kept).enumerate()
+    for (depot, depot_deleted_below) in state.inputs.iter().zip(deleted_below.iter_mut()) {
+        for (partition, (below, kept)) in depot_deleted_below
+            .iter_mut()
+            .zip(&depot.first_kept)
+            .enumerate()
         {
             let kept = kept.load(Ordering::Acquire);
             if kept <= *below {

@@ -291,12 +291,10 @@ impl<'e> Snapshot<'e> {
 
     /// Why `topology` has no outcome for `record`: trimmed (an error), or none was recorded.
     fn absent_outcome(&self, topology: &str, record: RecordId) -> Result<Option<Vec<u8>>, Error> {
-        if !self.shared.topology(topology)?.consumes(record.depot_id) {
-            return Ok(None);
-        }
         match self
             .shared
-            .first_kept_offset(record.depot_id, record.partition)
+            .topology(topology)?
+            .consumed_first_kept(record.depot_id, record.partition)
         {
             Some((depot, first_kept_offset)) if record.offset < first_kept_offset => {
                 Err(Error::DepotTrimmed {
