@@ -100,8 +100,40 @@ impl Resolver<'_> {
     }
 }
 
+const DEPOT_PREFIX: &str = "catalog/depot/";
 const TOPOLOGY_PREFIX: &str = "catalog/topology/";
 const PSTATE_PREFIX: &str = "catalog/pstate/";
+
+/// Every catalog entry under `prefix` (one kind of name), in name order.
+fn stored_entries(store: &RocksStore, prefix: &str) -> Result<Vec<(String, CatalogEntry)>, Error> {
+    let mut entries = Vec::new();
+    for (key, value) in store.meta_entries_with_prefix(prefix.as_bytes())? {
+        let name = key
+            .get(prefix.len()..)
+            .and_then(|name| std::str::from_utf8(name).ok())
+            .ok_or_else(|| StoreError::Corruption(format!("malformed catalog key {key:02x?}")))?;
+        let entry: CatalogEntry = lockstep_core::decode_envelope(&value)
+            .map_err(|e| StoreError::Corruption(format!("catalog entry of {name:?}: {e}")))?;
+        entries.push((name.to_string(), entry));
+    }
+    Ok(entries)
+}
+
+/// The topologies the directory holds, by name, with their ids, in name order.
+pub(crate) fn stored_topologies(store: &RocksStore) -> Result<Vec<(String, u32)>, Error> {
+    Ok(stored_entries(store, TOPOLOGY_PREFIX)?
+        .into_iter()
+        .map(|(name, entry)| (name, entry.id))
+        .collect())
+}
+
+/// The names of the depots the directory holds, by id.
+pub(crate) fn stored_depot_names(store: &RocksStore) -> Result<BTreeMap<u32, String>, Error> {
+    Ok(stored_entries(store, DEPOT_PREFIX)?
+        .into_iter()
+        .map(|(name, entry)| (entry.id, name))
+        .collect())
+}
 
 /// A topology removed from the directory by retirement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,16 +170,7 @@ fn plan_retirement(
     if names.is_empty() {
         return Ok((retired, catalog_keys));
     }
-    let mut pstates: Vec<(String, CatalogEntry)> = Vec::new();
-    for (key, value) in store.meta_entries_with_prefix(PSTATE_PREFIX.as_bytes())? {
-        let name = key
-            .get(PSTATE_PREFIX.len()..)
-            .and_then(|name| std::str::from_utf8(name).ok())
-            .ok_or_else(|| StoreError::Corruption(format!("malformed catalog key {key:02x?}")))?;
-        let entry: CatalogEntry = lockstep_core::decode_envelope(&value)
-            .map_err(|e| StoreError::Corruption(format!("catalog entry of {name:?}: {e}")))?;
-        pstates.push((name.to_string(), entry));
-    }
+    let pstates = stored_entries(store, PSTATE_PREFIX)?;
     for name in names {
         let key = format!("{TOPOLOGY_PREFIX}{name}").into_bytes();
         let Some(entry) = store.meta_get::<CatalogEntry>(&key)? else {
@@ -261,7 +284,7 @@ pub(crate) fn stored_depot_partitions(
     store: &RocksStore,
     depot: &str,
 ) -> Result<Option<u32>, Error> {
-    let key = format!("catalog/depot/{depot}").into_bytes();
+    let key = format!("{DEPOT_PREFIX}{depot}").into_bytes();
     Ok(store
         .meta_get::<CatalogEntry>(&key)?
         .map(|entry| entry.partitions))

@@ -424,6 +424,21 @@ pub struct TopologyStats {
     pub batches_pipelined: u64,
 }
 
+/// A topology the data directory holds that this open neither declared nor retired
+/// ([`Engine::undeclared_topologies`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UndeclaredTopology {
+    /// Its name.
+    pub name: String,
+    /// The last batch it committed; `None` if it never committed one.
+    pub batch_id: Option<u64>,
+    /// The depots, by name and in name order, in which its last batch left positions. With
+    /// depot retention on, their records from those positions on are kept for it: declare it
+    /// again to resume there, or retire it ([`EngineBuilder::retire_topology`]) to let them go.
+    pub depots: Vec<String>,
+}
+
 impl TopologyState {
     /// For a depot this topology consumes: its name and the first kept offset of
     /// `partition` (`None` for a depot it does not consume, or no such partition).
@@ -476,6 +491,8 @@ pub(crate) struct Shared {
     retention_floors: BTreeMap<(u32, u32), u64>,
     /// The topologies this open retired, by name (those the directory held).
     retired_topologies: Vec<String>,
+    /// The topologies the directory holds that this open neither declared nor retired.
+    undeclared_topologies: Vec<UndeclaredTopology>,
 }
 
 impl Shared {
@@ -845,6 +862,22 @@ impl Engine {
                 *floor = (*floor).min(offset.next_offset);
             }
         }
+        let undeclared_topologies = undeclared_topologies(&store, &catalog)?;
+        for topology in &undeclared_topologies {
+            if builder.options.depot_retention.is_some() && !topology.depots.is_empty() {
+                tracing::warn!(
+                    topology = topology.name.as_str(),
+                    depots = ?topology.depots,
+                    "stored topology not declared: depot retention keeps the records it has \
+                     not consumed; retire it (EngineBuilder::retire_topology) if it is gone"
+                );
+            } else {
+                tracing::info!(
+                    topology = topology.name.as_str(),
+                    "stored topology not declared"
+                );
+            }
+        }
         let next_seq = store.max_seq()?.map_or(0, |max| max + 1);
         let state_cache = StateCache::new(builder.options.state_cache_bytes_max);
         let shared = Arc::new(Shared {
@@ -852,6 +885,7 @@ impl Engine {
             append_stats: Mutex::new(AppendStats::default()),
             retention_floors,
             retired_topologies: retired.iter().map(|t| t.name.clone()).collect(),
+            undeclared_topologies,
             store,
             options: builder.options,
             poison: Poison::default(),
@@ -1287,6 +1321,14 @@ impl Engine {
     /// declared) is not listed.
     pub fn retired_topologies(&self) -> &[String] {
         &self.shared.retired_topologies
+    }
+
+    /// The topologies the data directory holds that this open neither declared nor retired,
+    /// in name order, with where their last batch left off. Each keeps its state on disk,
+    /// and with depot retention on it keeps the depot records it has not consumed; retiring
+    /// it ([`EngineBuilder::retire_topology`]) deletes both.
+    pub fn undeclared_topologies(&self) -> &[UndeclaredTopology] {
+        &self.shared.undeclared_topologies
     }
 
     /// Totals over the depot appends made durable since the engine opened.
@@ -2053,6 +2095,41 @@ fn plan_batch(
         },
         consumed,
     )))
+}
+
+/// The topologies `store` holds that `catalog` (this open's declarations, after
+/// retirement) does not name, with their commit records' batch and depots.
+fn undeclared_topologies(
+    store: &RocksStore,
+    catalog: &catalog::Catalog,
+) -> Result<Vec<UndeclaredTopology>, Error> {
+    let mut undeclared = Vec::new();
+    let mut depot_names = None;
+    for (name, id) in catalog::stored_topologies(store)? {
+        if catalog.topologies.contains_key(&name) {
+            continue;
+        }
+        let record = store.load_commit(id)?;
+        let depot_ids: BTreeSet<u32> = record
+            .iter()
+            .flat_map(|r| r.offsets.iter().map(|o| o.depot_id))
+            .collect();
+        let names = match &depot_names {
+            Some(names) => names,
+            None => depot_names.insert(catalog::stored_depot_names(store)?),
+        };
+        let mut depots: Vec<String> = depot_ids
+            .iter()
+            .map(|id| names.get(id).cloned().unwrap_or_else(|| format!("#{id}")))
+            .collect();
+        depots.sort();
+        undeclared.push(UndeclaredTopology {
+            name,
+            batch_id: record.map(|r| r.batch_id),
+            depots,
+        });
+    }
+    Ok(undeclared)
 }
 
 /// A batch planned and executed, not yet committed.

@@ -59,7 +59,7 @@ mod store;
 
 pub use engine::{
     failpoints, AppendStats, BatchDriving, BatchSummary, DepotRetention, Engine, EngineBuilder,
-    EngineOptions, LoggedRecord, TopologyStats,
+    EngineOptions, LoggedRecord, TopologyStats, UndeclaredTopology,
 };
 pub use error::Error;
 pub use faults::{DurableWrite, StorageFaults, WriteFault};

@@ -2,7 +2,8 @@
 //! holds depot records back from retention until it is retired; after that, trims go past its
 //! offsets, and declaring its name again starts a new topology, with empty state, at the
 //! depot's first kept records. Retiring is idempotent, and declaring and retiring one name is
-//! refused.
+//! refused. Until it is retired, an absent topology is listed as undeclared, with where it
+//! left off.
 
 mod common;
 
@@ -42,13 +43,23 @@ fn a_retired_topology_stops_holding_records_back_and_its_name_starts_afresh() {
     engine
         .append_many(&ledger.ops, &ops(0, 60))
         .expect("append");
-    engine.run_batch("audit").expect("audit batch");
+    let audit_batch = engine
+        .run_batch("audit")
+        .expect("audit batch")
+        .expect("a batch")
+        .batch_id;
     let audit_consumed = committed_offsets(&engine, "audit");
     assert!(counted(&engine, &seen) > 0);
+    assert!(engine.undeclared_topologies().is_empty());
     drop(engine);
 
-    // Absent, its commit record still holds the depot back.
+    // Absent, its commit record still holds the depot back, and the open says so.
     let engine = open(dir.path(), &ledger, None, false).expect("reopen without the audit");
+    let undeclared = engine.undeclared_topologies();
+    assert_eq!(undeclared.len(), 1, "{undeclared:?}");
+    assert_eq!(undeclared[0].name, "audit");
+    assert_eq!(undeclared[0].batch_id, Some(audit_batch));
+    assert_eq!(undeclared[0].depots, ["ops".to_string()]);
     engine.run_until_idle().expect("ledger batches");
     engine
         .append_many(&ledger.ops, &ops(60, 2))
@@ -61,6 +72,7 @@ fn a_retired_topology_stops_holding_records_back_and_its_name_starts_afresh() {
     // (the ledger has committed everything).
     let engine = open(dir.path(), &ledger, None, true).expect("reopen retiring the audit");
     assert_eq!(engine.retired_topologies(), ["audit".to_string()]);
+    assert!(engine.undeclared_topologies().is_empty());
     engine
         .append_many(&ledger.ops, &ops(62, 2))
         .expect("append");
@@ -103,6 +115,21 @@ fn a_retired_topology_stops_holding_records_back_and_its_name_starts_afresh() {
         .map(|(head, kept)| head - kept)
         .sum();
     assert_eq!(counted(&engine, &seen), still_stored);
+}
+
+/// A topology that never committed a batch is listed too, with nothing consumed.
+#[test]
+fn an_undeclared_topology_that_never_committed_is_listed_with_no_batch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = ledger(PARTITIONS);
+    let (audit, _) = audit("audit", &ledger);
+    drop(open(dir.path(), &ledger, Some(&audit), false).expect("open"));
+    let engine = open(dir.path(), &ledger, None, false).expect("reopen without the audit");
+    let undeclared = engine.undeclared_topologies();
+    assert_eq!(undeclared.len(), 1, "{undeclared:?}");
+    assert_eq!(undeclared[0].name, "audit");
+    assert_eq!(undeclared[0].batch_id, None);
+    assert!(undeclared[0].depots.is_empty());
 }
 
 /// The audit, declared, with one batch committed.
