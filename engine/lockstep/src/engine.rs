@@ -48,8 +48,9 @@ pub enum BatchDriving {
 /// yet to commit (topologies declared in this run, and those the data directory has commit
 /// records of, declared or not), keeping at least its `keep_records_min` newest records and
 /// always its last one. A depot no topology consumes is never trimmed. The deletion is written
-/// with a depot append (to any depot), so it costs no synced write of its own; it also means
-/// that nothing is trimmed while the engine receives no appends.
+/// with a depot append (to any depot), so it costs no synced write of its own; on an idle
+/// engine, the appender's maintenance check ([`EngineOptions::maintenance_interval`]) writes
+/// it by itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DepotRetention {
@@ -74,6 +75,9 @@ impl Default for DepotRetention {
 
 /// [`EngineOptions::producer_expiry`] by default.
 const PRODUCER_EXPIRY_DEFAULT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// [`EngineOptions::maintenance_interval`] by default.
+const MAINTENANCE_INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
 
 /// [`EngineOptions::block_cache_bytes`] by default.
 const BLOCK_CACHE_BYTES_DEFAULT: usize = 64 << 20;
@@ -148,9 +152,19 @@ pub struct EngineOptions {
     /// remembered producer (its last call's positions included), so this bounds what producers
     /// cost in memory and in `meta` by the producers active in the window, not by every
     /// producer id ever used (each network `Client` takes a fresh id). Forgetting rides on
-    /// appends: a group written after a producer's expiry deletes its state (at most 4096
-    /// states a group, oldest first).
+    /// appends, and on an idle engine on [`maintenance_interval`](Self::maintenance_interval):
+    /// a group written after a producer's expiry deletes its state (at most 4096 states a
+    /// group, oldest first).
     pub producer_expiry: Duration,
+    /// How long the appender waits for appends before it checks, on its own, for work that
+    /// otherwise rides on appends: depot retention's trims (records whose topologies
+    /// committed them after the last append) and expired producers. A check writes (one
+    /// synced write) only when there is something to trim or forget. `None`: only appends
+    /// do it, so an idle engine keeps what it would trim.
+    ///
+    /// One second by default; `None` with [`EngineOptions::manual`], so that in manual mode
+    /// every write the engine makes is caused by a call (what simulations need to replay).
+    pub maintenance_interval: Option<Duration>,
     /// Faults to inject into durable writes (tests and simulations); `None` in production.
     pub storage_faults: Option<StorageFaults>,
 }
@@ -168,16 +182,20 @@ impl Default for EngineOptions {
             block_cache_bytes: BLOCK_CACHE_BYTES_DEFAULT,
             depot_retention: None,
             producer_expiry: PRODUCER_EXPIRY_DEFAULT,
+            maintenance_interval: Some(MAINTENANCE_INTERVAL_DEFAULT),
             storage_faults: None,
         }
     }
 }
 
 impl EngineOptions {
-    /// Options with batches run only by the caller ([`Engine::run_batch`] and its halves).
+    /// Options with batches run only by the caller ([`Engine::run_batch`] and its halves),
+    /// and no maintenance of the appender's own ([`maintenance_interval`](Self::maintenance_interval)
+    /// `None`): trims and producer expiry happen with appends.
     pub fn manual() -> Self {
         Self {
             batch_driving: BatchDriving::Manual,
+            maintenance_interval: None,
             ..Self::default()
         }
     }
@@ -1585,11 +1603,28 @@ fn run_appender(shared: &Shared, requests: &Receiver<AppendRequest>, mut produce
         .collect();
     let depots_by_id: BTreeMap<u32, Arc<DepotState>> =
         shared.depots.values().map(|d| (d.id, d.clone())).collect();
-    while let Ok(first) = requests.recv() {
-        let mut group_bytes: usize = first.records.iter().map(|(_, b)| b.len()).sum();
-        let mut group = vec![first];
+    loop {
+        // `None`: the maintenance interval passed without an append.
+        let first = match shared.options.maintenance_interval {
+            Some(interval) => match requests.recv_timeout(interval) {
+                Ok(request) => Some(request),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            },
+            None => match requests.recv() {
+                Ok(request) => Some(request),
+                Err(_) => break,
+            },
+        };
+        let maintenance = first.is_none();
+        let mut group_bytes: usize = first
+            .iter()
+            .flat_map(|request| &request.records)
+            .map(|(_, b)| b.len())
+            .sum();
+        let mut group: Vec<AppendRequest> = first.into_iter().collect();
         // Everything already queued joins this fsync: the group commit.
-        while group_bytes < shared.options.append_group_bytes_max {
+        while !maintenance && group_bytes < shared.options.append_group_bytes_max {
             match requests.try_recv() {
                 Ok(request) => {
                     group_bytes += request.records.iter().map(|(_, b)| b.len()).sum::<usize>();
@@ -1678,12 +1713,18 @@ fn run_appender(shared: &Shared, requests: &Receiver<AppendRequest>, mut produce
         let called_again: BTreeSet<u64> = marks.iter().map(|mark| mark.producer).collect();
         expired.retain(|producer| !called_again.contains(producer));
         let nothing_to_write = entries.is_empty() && marks.is_empty() && expired.is_empty();
+        // A group of retries alone writes nothing (it adds no record a trim would wait for);
+        // a maintenance check trims whatever the topologies have committed since.
         let trims = match shared.options.depot_retention {
-            Some(retention) if !nothing_to_write => {
+            Some(retention) if !nothing_to_write || maintenance => {
                 plan_trims(shared, &retention, &next_offsets, &depots_by_id)
             }
             _ => Vec::new(),
         };
+        let nothing_to_write = nothing_to_write && trims.is_empty();
+        if maintenance && nothing_to_write {
+            continue;
+        }
         let write_started = Instant::now();
         let written = if nothing_to_write {
             Ok(())

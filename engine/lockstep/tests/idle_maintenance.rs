@@ -1,0 +1,107 @@
+//! The appender's maintenance on an idle engine (`EngineOptions::maintenance_interval`):
+//! records that topologies committed after the last append are trimmed, and idle producers
+//! forgotten, without another append; with the interval off, both wait for the next append.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::retention::{first_kept, heads, ops, options};
+use common::{ledger, open, read_state, sample_ops};
+
+/// How often the tests' engines check when idle.
+const INTERVAL: Duration = Duration::from_millis(50);
+/// How long a test waits for a check to have happened (many intervals, for a loaded machine).
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Polls `done` until it holds or `PATIENCE` runs out; whether it held.
+fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + PATIENCE;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(INTERVAL);
+    }
+    done()
+}
+
+#[test]
+fn an_idle_engine_trims_what_its_topologies_committed_after_the_last_append() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = ledger(2);
+    let mut options = options(10);
+    options.maintenance_interval = Some(INTERVAL);
+    let engine = open(dir.path(), &ledger, options).expect("open");
+    engine
+        .append_many(&ledger.ops, &ops(0, 60))
+        .expect("append");
+    // The append planned its trims before any batch: nothing was committed, nothing trimmed.
+    assert_eq!(first_kept(&engine, &ledger), [0, 0]);
+    engine.run_until_idle().expect("batches");
+
+    // No append follows: a check trims to the newest 3 of each partition.
+    let expected: Vec<u64> = heads(&engine, &ledger)
+        .iter()
+        .map(|head| head.saturating_sub(3))
+        .collect();
+    assert!(
+        eventually(|| first_kept(&engine, &ledger) == expected),
+        "first kept {:?}, expected {expected:?}",
+        first_kept(&engine, &ledger)
+    );
+    let stats = engine.append_stats();
+    assert_eq!(stats.records, 60);
+    assert_eq!(stats.trimmed_records, 60 - 2 * 3, "{stats:?}");
+    let total: i64 = read_state(&engine, &ledger).totals.values().sum();
+    assert_eq!(total, 60, "trimming lost no committed effect");
+    drop(engine);
+
+    // Durable: the reopened directory starts where the idle trim left it.
+    let engine = open(dir.path(), &ledger, common::retention::options(10)).expect("reopen");
+    assert_eq!(first_kept(&engine, &ledger), expected);
+}
+
+#[test]
+fn without_the_interval_an_idle_engine_trims_only_with_the_next_append() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = ledger(2);
+    let options = options(10);
+    assert_eq!(options.maintenance_interval, None, "manual mode has none");
+    let engine = open(dir.path(), &ledger, options).expect("open");
+    engine
+        .append_many(&ledger.ops, &ops(0, 60))
+        .expect("append");
+    engine.run_until_idle().expect("batches");
+    std::thread::sleep(INTERVAL * 6);
+    assert_eq!(first_kept(&engine, &ledger), [0, 0]);
+    engine
+        .append_many(&ledger.ops, &ops(60, 2))
+        .expect("append");
+    assert!(first_kept(&engine, &ledger).iter().all(|kept| *kept > 0));
+}
+
+#[test]
+fn an_idle_engine_forgets_expired_producers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = ledger(2);
+    let mut options = lockstep::EngineOptions::manual();
+    options.maintenance_interval = Some(INTERVAL);
+    options.producer_expiry = Duration::from_millis(300);
+    let engine = open(dir.path(), &ledger, options).expect("open");
+    engine
+        .append_many_idempotent(&ledger.ops, &sample_ops(2), 0xfeed, 1)
+        .expect("append");
+    assert_eq!(engine.append_stats().producers_remembered, 1);
+    assert!(
+        eventually(|| engine.append_stats().producers_expired == 1),
+        "{:?}",
+        engine.append_stats()
+    );
+    assert_eq!(engine.append_stats().producers_remembered, 0);
+    // Forgotten, the same call is new: stored again.
+    engine
+        .append_many_idempotent(&ledger.ops, &sample_ops(2), 0xfeed, 1)
+        .expect("append");
+    assert_eq!(engine.append_stats().records, 4);
+}
