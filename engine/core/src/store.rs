@@ -18,6 +18,7 @@ use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
+use crate::codec::{decode_envelope, CodecError};
 use crate::layout::{key_partition, key_pstate_id};
 use crate::topology::RecordId;
 
@@ -137,6 +138,34 @@ pub struct ProducerState {
     /// clock, which never goes backwards): an idle producer is forgotten once this is older
     /// than the engine's producer expiry. 0 for a state written before times were kept.
     pub last_append_unix_ms: u64,
+}
+
+/// A producer state as format 1 wrote it, before the last append's time was kept.
+#[derive(Deserialize)]
+struct ProducerStateV1 {
+    producer: u64,
+    sequence: u64,
+    ids: Vec<RecordId>,
+    digest: u64,
+}
+
+/// Decodes a stored [`ProducerState`] envelope in the current layout or in format 1's, which
+/// has no time (read as 0, "before times were kept"). The first open of a format-1 directory
+/// dates and rewrites such states, but a crash right after it marked the directory format 2
+/// leaves them as they were, so both layouts are read whatever the directory's format says.
+/// The two cannot be confused: each decodes only if every byte is used.
+pub fn decode_producer_state(bytes: &[u8]) -> Result<ProducerState, CodecError> {
+    decode_envelope::<ProducerState>(bytes).or_else(|current| {
+        decode_envelope::<ProducerStateV1>(bytes)
+            .map(|v1| ProducerState {
+                producer: v1.producer,
+                sequence: v1.sequence,
+                ids: v1.ids,
+                digest: v1.digest,
+                last_append_unix_ms: 0,
+            })
+            .map_err(|_| current)
+    })
 }
 
 /// Deletes a depot partition's records below `first_kept_offset` (retention): written with an
@@ -623,6 +652,51 @@ mod tests {
     use super::*;
     use crate::layout::entry_key;
     use proptest::prelude::*;
+
+    #[test]
+    fn producer_states_decode_in_both_layouts_and_nothing_else() {
+        let state = ProducerState {
+            producer: 7,
+            sequence: 3,
+            ids: vec![RecordId {
+                depot_id: 1,
+                partition: 2,
+                offset: 9,
+            }],
+            digest: 0xabc,
+            last_append_unix_ms: 1_700_000_000_000,
+        };
+        let current = crate::encode_envelope(&state, usize::MAX).expect("encode");
+        assert_eq!(decode_producer_state(&current).expect("current"), state);
+
+        #[derive(Serialize)]
+        struct V1<'a> {
+            producer: u64,
+            sequence: u64,
+            ids: &'a [RecordId],
+            digest: u64,
+        }
+        let v1 = crate::encode_envelope(
+            &V1 {
+                producer: state.producer,
+                sequence: state.sequence,
+                ids: &state.ids,
+                digest: state.digest,
+            },
+            usize::MAX,
+        )
+        .expect("encode");
+        let undated = ProducerState {
+            last_append_unix_ms: 0,
+            ..state.clone()
+        };
+        assert_eq!(decode_producer_state(&v1).expect("format 1"), undated);
+
+        // Other bytes are neither layout.
+        let other = crate::encode_envelope(&(1u64, 2u64, 3u8), usize::MAX).expect("encode");
+        assert!(decode_producer_state(&other).is_err());
+        assert!(decode_producer_state(&current[..current.len() - 1]).is_err());
+    }
 
     struct Committed(BTreeMap<Vec<u8>, Vec<u8>>);
 

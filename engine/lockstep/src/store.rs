@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use lockstep_core::store::{
-    BatchCommit, CommitRecord, CommitStore, DepotEntry, DepotLog, DepotRecord, DepotTrim, Entry,
-    ProducerState, StateRead, StoreError,
+    decode_producer_state, BatchCommit, CommitRecord, CommitStore, DepotEntry, DepotLog,
+    DepotRecord, DepotTrim, Entry, ProducerState, StateRead, StoreError,
 };
 use lockstep_core::{decode_envelope, encode_envelope};
 use rocksdb::{
@@ -49,29 +49,6 @@ pub(crate) fn depot_entry_bytes(entry: &DepotEntry<'_>) -> u64 {
 }
 
 const PRODUCER_PREFIX: &[u8] = b"producer/";
-
-/// A producer state as format 1 wrote it, before the last append's time was kept. The first
-/// open of a format-1 directory dates and rewrites them, but a crash right after it marked the
-/// directory format 2 leaves them as they were: they are read whatever the format says.
-#[derive(serde::Deserialize)]
-struct ProducerStateV1 {
-    producer: u64,
-    sequence: u64,
-    ids: Vec<lockstep_core::RecordId>,
-    digest: u64,
-}
-
-impl From<ProducerStateV1> for ProducerState {
-    fn from(v1: ProducerStateV1) -> Self {
-        Self {
-            producer: v1.producer,
-            sequence: v1.sequence,
-            ids: v1.ids,
-            digest: v1.digest,
-            last_append_unix_ms: 0,
-        }
-    }
-}
 
 const TRIM_PREFIX: &[u8] = b"trim/";
 
@@ -488,12 +465,7 @@ impl DepotLog for RocksStore {
         self.meta_entries(PRODUCER_PREFIX, "producer scan")?
             .into_iter()
             .map(|(_, value)| {
-                decode_envelope::<ProducerState>(&value)
-                    .or_else(|e| {
-                        decode_envelope::<ProducerStateV1>(&value)
-                            .map(ProducerState::from)
-                            .map_err(|_| e)
-                    })
+                decode_producer_state(&value)
                     .map_err(|e| StoreError::Corruption(format!("producer state: {e}")))
             })
             .collect()
