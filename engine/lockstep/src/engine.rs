@@ -79,6 +79,10 @@ const PRODUCER_EXPIRY_DEFAULT: Duration = Duration::from_secs(24 * 60 * 60);
 /// [`EngineOptions::maintenance_interval`] by default.
 const MAINTENANCE_INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
 
+/// The shortest [`EngineOptions::maintenance_interval`]: checks closer together would keep
+/// the appender busy for nothing.
+const MAINTENANCE_INTERVAL_MIN: Duration = Duration::from_millis(10);
+
 /// [`EngineOptions::block_cache_bytes`] by default.
 const BLOCK_CACHE_BYTES_DEFAULT: usize = 64 << 20;
 
@@ -160,7 +164,9 @@ pub struct EngineOptions {
     /// otherwise rides on appends: depot retention's trims (records whose topologies
     /// committed them after the last append) and expired producers. A check writes (one
     /// synced write) only when there is something to trim or forget. `None`: only appends
-    /// do it, so an idle engine keeps what it would trim.
+    /// do it, so an idle engine keeps what it would trim. Shorter than 10 ms counts as 10 ms.
+    /// The outcomes of records trimmed this way are deleted by each topology's next batch,
+    /// as after any trim (see the commit protocol, §3a T5).
     ///
     /// One second by default; `None` with [`EngineOptions::manual`], so that in manual mode
     /// every write the engine makes is caused by a call (what simulations need to replay).
@@ -405,7 +411,9 @@ pub(crate) struct TopologyState {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct AppendStats {
-    /// Synced writes (group commits): each makes one or more append calls durable.
+    /// Synced writes of the appender: group commits, each making one or more append calls
+    /// durable, and maintenance writes ([`EngineOptions::maintenance_interval`]), which carry
+    /// only trims and expired producers.
     pub groups: u64,
     /// Records appended.
     pub records: u64,
@@ -413,7 +421,8 @@ pub struct AppendStats {
     pub write_bytes: u64,
     /// Time spent in synced append writes.
     pub write_time_us: u64,
-    /// Depot partitions trimmed by retention (range deletions written with the appends).
+    /// Depot partitions trimmed by retention (range deletions written with the appends, or by
+    /// a maintenance write).
     pub trims: u64,
     /// Records those trims deleted.
     pub trimmed_records: u64,
@@ -882,7 +891,12 @@ impl Engine {
         }
         let undeclared_topologies = undeclared_topologies(&store, &catalog)?;
         for topology in &undeclared_topologies {
-            if builder.options.depot_retention.is_some() && !topology.depots.is_empty() {
+            // Only depots declared in this run are trimmed, so only those are held back.
+            let holds_back = topology
+                .depots
+                .iter()
+                .any(|depot| catalog.depots.contains_key(depot));
+            if builder.options.depot_retention.is_some() && holds_back {
                 tracing::warn!(
                     topology = topology.name.as_str(),
                     depots = ?topology.depots,
@@ -1342,9 +1356,11 @@ impl Engine {
     }
 
     /// The topologies the data directory holds that this open neither declared nor retired,
-    /// in name order, with where their last batch left off. Each keeps its state on disk,
-    /// and with depot retention on it keeps the depot records it has not consumed; retiring
-    /// it ([`EngineBuilder::retire_topology`]) deletes both.
+    /// in name order, with their last batch and the depots it left positions in. Each keeps
+    /// its state on disk, and with depot retention on it keeps the records of this run's
+    /// depots it has not consumed; retiring it ([`EngineBuilder::retire_topology`]) deletes
+    /// both. Listing them reads every topology and depot entry of the catalog at the open:
+    /// a malformed one fails the open as corruption.
     pub fn undeclared_topologies(&self) -> &[UndeclaredTopology] {
         &self.shared.undeclared_topologies
     }
@@ -1606,7 +1622,7 @@ fn run_appender(shared: &Shared, requests: &Receiver<AppendRequest>, mut produce
     loop {
         // `None`: the maintenance interval passed without an append.
         let first = match shared.options.maintenance_interval {
-            Some(interval) => match requests.recv_timeout(interval) {
+            Some(interval) => match requests.recv_timeout(interval.max(MAINTENANCE_INTERVAL_MIN)) {
                 Ok(request) => Some(request),
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
@@ -1712,16 +1728,14 @@ fn run_appender(shared: &Shared, requests: &Receiver<AppendRequest>, mut produce
         // deleting it too would be undone by the write order, but say what is meant.
         let called_again: BTreeSet<u64> = marks.iter().map(|mark| mark.producer).collect();
         expired.retain(|producer| !called_again.contains(producer));
-        let nothing_to_write = entries.is_empty() && marks.is_empty() && expired.is_empty();
-        // A group of retries alone writes nothing (it adds no record a trim would wait for);
-        // a maintenance check trims whatever the topologies have committed since.
+        // Every pass plans, a maintenance check as a group of retries alone: both write only
+        // if there is something to trim (or forget).
         let trims = match shared.options.depot_retention {
-            Some(retention) if !nothing_to_write || maintenance => {
-                plan_trims(shared, &retention, &next_offsets, &depots_by_id)
-            }
-            _ => Vec::new(),
+            Some(retention) => plan_trims(shared, &retention, &next_offsets, &depots_by_id),
+            None => Vec::new(),
         };
-        let nothing_to_write = nothing_to_write && trims.is_empty();
+        let nothing_to_write =
+            entries.is_empty() && marks.is_empty() && expired.is_empty() && trims.is_empty();
         if maintenance && nothing_to_write {
             continue;
         }
@@ -1776,6 +1790,11 @@ fn run_appender(shared: &Shared, requests: &Receiver<AppendRequest>, mut produce
                 let reason = match e {
                     // Poisoned by a batch's commit since this group's check: nothing written.
                     Error::Poisoned { reason } => reason,
+                    e if maintenance => {
+                        let reason = format!("depot maintenance write (trims, expiry) failed: {e}");
+                        shared.poison_and_wake(reason.clone());
+                        reason
+                    }
                     e => {
                         let reason = format!("depot append failed: {e}");
                         shared.poison_and_wake(reason.clone());
