@@ -1790,13 +1790,12 @@ fn run_appender(shared: &Shared, requests: &Receiver<AppendRequest>, mut produce
                 let reason = match e {
                     // Poisoned by a batch's commit since this group's check: nothing written.
                     Error::Poisoned { reason } => reason,
-                    e if maintenance => {
-                        let reason = format!("depot maintenance write (trims, expiry) failed: {e}");
-                        shared.poison_and_wake(reason.clone());
-                        reason
-                    }
                     e => {
-                        let reason = format!("depot append failed: {e}");
+                        let write = match maintenance {
+                            true => "depot maintenance write (trims, expiry)",
+                            false => "depot append",
+                        };
+                        let reason = format!("{write} failed: {e}");
                         shared.poison_and_wake(reason.clone());
                         reason
                     }
