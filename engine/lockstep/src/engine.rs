@@ -1365,6 +1365,27 @@ impl Engine {
         &self.shared.undeclared_topologies
     }
 
+    /// Runs the appender's maintenance now, as it runs by itself when
+    /// [`EngineOptions::maintenance_interval`] passes without an append: writes the trims
+    /// depot retention allows and deletes expired producers, in one synced write if there is
+    /// anything to write, and returns once that is durable. For manual mode, where nothing
+    /// runs by itself (tests, simulations, replays). It joins the appender's queue as a call
+    /// without records (an empty [`append_many`](Self::append_many) does the same, on its
+    /// depot); an engine without depots has nothing to maintain.
+    ///
+    /// Fails with [`Error::Poisoned`] if the engine was poisoned, or is by this write failing.
+    pub fn run_maintenance(&self) -> Result<(), Error> {
+        self.shared.poison.check()?;
+        let Some(depot) = self.shared.depots.values().next().cloned() else {
+            return Ok(());
+        };
+        let receiver = self.enqueue(depot, Vec::new(), None)?;
+        receiver
+            .blocking_recv()
+            .map_err(|_| Error::Closed)?
+            .map(|_| ())
+    }
+
     /// Totals over the depot appends made durable since the engine opened.
     pub fn append_stats(&self) -> AppendStats {
         lock(&self.shared.append_stats).clone()
@@ -1734,8 +1755,10 @@ fn run_appender(shared: &Shared, requests: &Receiver<AppendRequest>, mut produce
             Some(retention) => plan_trims(shared, &retention, &next_offsets, &depots_by_id),
             None => Vec::new(),
         };
-        let nothing_to_write =
-            entries.is_empty() && marks.is_empty() && expired.is_empty() && trims.is_empty();
+        // A write without records or producer states is a maintenance write: a check's, or
+        // one that calls without records asked for (`Engine::run_maintenance`).
+        let maintenance_write = entries.is_empty() && marks.is_empty();
+        let nothing_to_write = maintenance_write && expired.is_empty() && trims.is_empty();
         if maintenance && nothing_to_write {
             continue;
         }
@@ -1791,7 +1814,7 @@ fn run_appender(shared: &Shared, requests: &Receiver<AppendRequest>, mut produce
                     // Poisoned by a batch's commit since this group's check: nothing written.
                     Error::Poisoned { reason } => reason,
                     e => {
-                        let write = match maintenance {
+                        let write = match maintenance_write {
                             true => "depot maintenance write (trims, expiry)",
                             false => "depot append",
                         };

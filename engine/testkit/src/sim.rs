@@ -39,6 +39,10 @@ pub struct SimConfig {
     pub restart_weight: u32,
     /// Weight of "the next durable write of some kind fails".
     pub fault_weight: u32,
+    /// Weight of "the appender's maintenance runs" ([`Engine::run_maintenance`]: the trims
+    /// and producer expiry an idle engine writes by itself, which manual mode leaves to
+    /// calls).
+    pub maintain_weight: u32,
     /// Time the shrinker may spend on a failing trace.
     pub shrink_time_max: Duration,
 }
@@ -55,6 +59,7 @@ impl Default for SimConfig {
             commit_held_weight: 8,
             restart_weight: 4,
             fault_weight: 6,
+            maintain_weight: 4,
             shrink_time_max: Duration::from_secs(60),
         }
     }
@@ -147,6 +152,8 @@ pub enum Step<C> {
         /// How it fails.
         fault: WriteFault,
     },
+    /// The appender's maintenance runs ([`Engine::run_maintenance`]).
+    Maintain,
     /// The process dies between two steps and restarts with `options` (armed faults die with
     /// it).
     Restart {
@@ -376,6 +383,7 @@ impl<'t, T: SimTarget> Simulation<'t, T> {
             config.fault_weight,
             config.execute_weight,
             config.commit_held_weight,
+            config.maintain_weight,
         ];
         let total: u32 = weights.iter().sum();
         let mut pick = rng.gen_range(0..total.max(1));
@@ -399,6 +407,7 @@ impl<'t, T: SimTarget> Simulation<'t, T> {
             },
             4 => Step::ExecuteBatch,
             5 => Step::CommitHeld,
+            6 => Step::Maintain,
             _ => Step::Fault {
                 write: if rng.gen_bool(0.5) {
                     DurableWrite::Append
@@ -638,7 +647,23 @@ impl<'t, T: SimTarget> Execution<'t, T> {
                 self.faults.fail_next(*write, *fault);
                 Ok(())
             }
+            Step::Maintain => self.maintain(),
             Step::Restart { options } => self.restart(*options),
+        }
+    }
+
+    /// Runs the appender's maintenance: a poisoned engine must refuse it (and so write
+    /// nothing); a failed write poisons, as an injected fault may make it.
+    fn maintain(&mut self) -> Result<(), String> {
+        let was_poisoned = self.poisoned();
+        match self.engine()?.run_maintenance() {
+            Ok(()) if was_poisoned => Err("a poisoned engine ran its maintenance".to_string()),
+            Ok(()) => Ok(()),
+            Err(Error::Poisoned { .. }) => {
+                self.note_faults();
+                Ok(())
+            }
+            Err(e) => Err(format!("maintenance failed: {e}")),
         }
     }
 
