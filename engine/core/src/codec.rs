@@ -54,20 +54,34 @@ pub enum CodecError {
     Decode(String),
 }
 
+/// Bytes `value` takes encoded in the envelope, counted without encoding it into memory.
+pub fn envelope_bytes<T: Serialize + ?Sized>(value: &T) -> Result<usize, CodecError> {
+    let mut counter = bincode::enc::write::SizeWriter::default();
+    bincode::serde::encode_into_writer(value, &mut counter, bincode::config::standard())
+        .map_err(|e| CodecError::Encode(e.to_string()))?;
+    Ok(ENVELOPE_HEADER_BYTES + counter.bytes_written)
+}
+
 /// Encodes `value` in the envelope, refusing results over `bytes_max` bytes.
 pub fn encode_envelope<T: Serialize + ?Sized>(
     value: &T,
     bytes_max: usize,
 ) -> Result<Vec<u8>, CodecError> {
-    let mut out = vec![FORMAT_V1, 0, 0, 0, 0];
+    // Counting first sizes the buffer exactly (a growing one reallocates a few times for
+    // even a small value) and refuses an oversized value before allocating for it.
+    let bytes = envelope_bytes(value)?;
+    if bytes > bytes_max {
+        return Err(CodecError::TooLarge { bytes, bytes_max });
+    }
+    let mut out = Vec::with_capacity(bytes);
+    out.extend_from_slice(&[FORMAT_V1, 0, 0, 0, 0]);
     bincode::serde::encode_into_std_write(value, &mut out, bincode::config::standard())
         .map_err(|e| CodecError::Encode(e.to_string()))?;
-    if out.len() > bytes_max {
-        return Err(CodecError::TooLarge {
-            bytes: out.len(),
-            bytes_max,
-        });
-    }
+    debug_assert_eq!(
+        out.len(),
+        bytes,
+        "bincode counted and wrote different sizes"
+    );
     let crc = crc32fast::hash(&out[ENVELOPE_HEADER_BYTES..]);
     out[1..ENVELOPE_HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
     Ok(out)
@@ -149,6 +163,25 @@ mod tests {
         fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
             let _ = decode_envelope::<(String, Vec<u64>, Option<bool>)>(&bytes);
             let _ = decode_envelope::<std::collections::BTreeMap<String, String>>(&bytes);
+        }
+
+        /// The counted size is the encoded size, and a limit one byte below it refuses the
+        /// value, naming both.
+        #[test]
+        fn counted_bytes_are_the_encoded_bytes(
+            value in (any::<String>(), prop::collection::vec(any::<u64>(), 0..64), any::<Option<bool>>())
+        ) {
+            let bytes = envelope_bytes(&value).expect("count");
+            let encoded = encode_envelope(&value, usize::MAX).expect("encode");
+            prop_assert_eq!(encoded.len(), bytes);
+            prop_assert_eq!(decode_envelope::<(String, Vec<u64>, Option<bool>)>(&encoded).expect("decode"), value.clone());
+            match encode_envelope(&value, bytes - 1) {
+                Err(CodecError::TooLarge { bytes: refused, bytes_max }) => {
+                    prop_assert_eq!(refused, bytes);
+                    prop_assert_eq!(bytes_max, bytes - 1);
+                }
+                other => prop_assert!(false, "{:?}", other),
+            }
         }
 
         /// Valid envelopes with their CRC fixed up after a payload change still never panic.

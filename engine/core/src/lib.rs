@@ -18,7 +18,7 @@ mod schema;
 pub mod store;
 mod topology;
 
-pub use codec::{decode_envelope, encode_envelope, CodecError};
+pub use codec::{decode_envelope, encode_envelope, envelope_bytes, CodecError};
 pub use ctx::{
     decode_map_entries, decode_set_elements, decode_set_entry, key_range, outcome_key,
     prefix_key_range, set_range, Ctx, HandlerError, VALUE_BYTES_MAX,

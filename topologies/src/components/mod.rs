@@ -147,7 +147,7 @@ pub const COMPONENT_BYTES_MAX: usize = 1 << 20;
 
 /// Whether `component` fits the size limit.
 pub fn fits(component: &Component) -> bool {
-    lockstep_core::encode_envelope(component, COMPONENT_BYTES_MAX).is_ok()
+    lockstep_core::envelope_bytes(component).is_ok_and(|bytes| bytes <= COMPONENT_BYTES_MAX)
 }
 
 impl RejectReason {

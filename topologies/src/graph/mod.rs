@@ -39,7 +39,7 @@ pub mod workload;
 use std::collections::BTreeMap;
 
 use lockstep_core::{
-    encode_envelope, partition_for_key, Ctx, Delivery, Depot, HandlerError, PState, RecordId,
+    envelope_bytes, partition_for_key, Ctx, Delivery, Depot, HandlerError, PState, RecordId,
     SchemaError, Topology, TopologyBuilder,
 };
 use serde::{Deserialize, Serialize};
@@ -318,12 +318,12 @@ pub const EDGE_BYTES_MAX: usize = 16 << 10;
 
 /// Whether `node` fits [`NODE_BYTES_MAX`].
 pub fn node_fits(node: &Node) -> bool {
-    encode_envelope(node, NODE_BYTES_MAX).is_ok()
+    envelope_bytes(node).is_ok_and(|bytes| bytes <= NODE_BYTES_MAX)
 }
 
 /// Whether an edge fits [`EDGE_BYTES_MAX`].
 pub fn edge_fits(key: &EdgeKey, state: &EdgeState) -> bool {
-    encode_envelope(&(key, state), EDGE_BYTES_MAX).is_ok()
+    envelope_bytes(&(key, state)).is_ok_and(|bytes| bytes <= EDGE_BYTES_MAX)
 }
 
 /// Messages between partitions within a batch.
