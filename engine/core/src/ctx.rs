@@ -384,6 +384,42 @@ impl<M> Ctx<'_, M> {
         Ok(present)
     }
 
+    /// Adds `element` to the set under `key` without reading whether it is there: the set
+    /// counterpart of [`put`](Self::put). For a handler that knows the element is absent
+    /// (or does not care), it saves [`set_insert`](Self::set_insert)'s read of the store.
+    pub fn set_put<K, E>(
+        &mut self,
+        pstate: &SetPState<K, E>,
+        key: &K,
+        element: &E,
+    ) -> Result<(), HandlerError>
+    where
+        K: Serialize,
+        E: Serialize,
+    {
+        let entry = self.set_entry(pstate, key, element)?;
+        self.view.writes.insert(entry, Some(Vec::new()));
+        Ok(())
+    }
+
+    /// Removes `element` from the set under `key` without reading whether it is there (a
+    /// no-op if it is absent): the set counterpart of [`delete`](Self::delete), which saves
+    /// [`set_remove`](Self::set_remove)'s read of the store.
+    pub fn set_delete<K, E>(
+        &mut self,
+        pstate: &SetPState<K, E>,
+        key: &K,
+        element: &E,
+    ) -> Result<(), HandlerError>
+    where
+        K: Serialize,
+        E: Serialize,
+    {
+        let entry = self.set_entry(pstate, key, element)?;
+        self.view.writes.insert(entry, None);
+        Ok(())
+    }
+
     /// Whether the set under `key` holds `element`.
     pub fn set_contains<K, E>(
         &self,

@@ -409,7 +409,10 @@ impl Handles {
         let page = ctx.set_members(&self.children, id, None, CHILDREN_PAGE)?;
         let more = page.len() == CHILDREN_PAGE;
         for child in page {
-            ctx.set_remove(&self.children, id, &child)?;
+            // Children sets are written blind (`set_put`, `set_delete`): a set write is
+            // idempotent, and nothing here needs `set_insert`'s report of whether the element
+            // was there, which costs a read of the store per call.
+            ctx.set_delete(&self.children, id, &child)?;
             ctx.send(&child, Msg::DeleteSubtree { id: child.clone() })?;
         }
         if more {
@@ -429,7 +432,7 @@ impl Handles {
                 if ctx.get(&self.components, &parent)?.is_none() {
                     return self.reject(ctx, origin, RejectReason::ParentMissing);
                 }
-                ctx.set_insert(&self.children, &parent, &child)?;
+                ctx.set_put(&self.children, &parent, &child)?;
                 let message = Msg::Created {
                     child,
                     parent,
@@ -499,7 +502,7 @@ impl Handles {
                 new_parent,
                 origin,
             } => {
-                ctx.set_insert(&self.children, &new_parent, &id)?;
+                ctx.set_put(&self.children, &new_parent, &id)?;
                 ctx.send_to_partition(
                     origin.partition,
                     Msg::Moved {
@@ -533,7 +536,7 @@ impl Handles {
                 ctx.record_outcome_for(origin, &Outcome::Applied)
             }
             Msg::Detach { parent, child } => {
-                ctx.set_remove(&self.children, &parent, &child)?;
+                ctx.set_delete(&self.children, &parent, &child)?;
                 Ok(())
             }
             Msg::DeleteSubtree { id } => self.delete_subtree(ctx, &id),
