@@ -480,7 +480,8 @@ impl<M> Ctx<'_, M> {
     /// Sends `message` to the partition that owns `key`; it is handled in the next round of
     /// this batch.
     pub fn send<K: Serialize + ?Sized>(&mut self, key: &K, message: M) -> Result<(), HandlerError> {
-        let encoded = encode_key(key)?;
+        let mut encoded = Vec::with_capacity(ENTRY_KEY_BYTES_GUESS);
+        encode_key_into(key, &mut encoded)?;
         let partition = partition_for_key_bytes(&encoded, self.partitions);
         self.send_to_partition(partition, message)
     }
@@ -530,8 +531,10 @@ impl<M> Ctx<'_, M> {
 
 /// The laid-out key of a record's outcome.
 pub fn outcome_key(outcome_pstate_id: u32, record: RecordId) -> Result<Vec<u8>, KeyCodecError> {
-    let encoded = encode_key(&(record.depot_id, record.offset))?;
-    Ok(entry_key(outcome_pstate_id, record.partition, &encoded))
+    let mut key = Vec::with_capacity(ENTRY_KEY_BYTES_GUESS);
+    key.extend_from_slice(&partition_prefix(outcome_pstate_id, record.partition));
+    encode_key_into(&(record.depot_id, record.offset), &mut key)?;
+    Ok(key)
 }
 
 /// `[start, end)` of a map PState partition restricted to keys in `(from, to)`.
