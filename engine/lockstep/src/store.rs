@@ -370,8 +370,13 @@ impl DepotLog for RocksStore {
                 );
             }
         }
+        // RocksDB inserts a batch's entries into the memtable in batch order, each insert's
+        // skiplist search starting where the previous one ended; a group interleaves
+        // partitions as its callers do, so in key order those searches stay short.
+        let mut in_key_order: Vec<&DepotEntry<'_>> = entries.iter().collect();
+        in_key_order.sort_unstable_by_key(|entry| (entry.depot_id, entry.partition, entry.offset));
         let mut value = Vec::new();
-        for entry in entries {
+        for entry in in_key_order {
             encode_depot_value(entry, &mut value);
             batch.put_cf(
                 cf,
