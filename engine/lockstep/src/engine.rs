@@ -93,6 +93,13 @@ pub struct EngineOptions {
     /// Who starts batches.
     pub batch_driving: BatchDriving,
     /// Most records one partition consumes per batch, across all its depots.
+    ///
+    /// 2,000 by default. A batch commits while the next one executes, so the last batch of a
+    /// burst commits with nothing to overlap it: a smaller batch shortens that wait, keeps the
+    /// committer busy sooner, and bounds how long a record waits for its batch. On the
+    /// component workload (8 partitions, ~2.5 µs per command) 2,000 per partition is up to
+    /// 40 ms of execution per batch, long enough to hide a commit's sync; it was 3–9% faster
+    /// than 10,000, the default before (BENCHMARKS.md).
     pub batch_records_max: usize,
     /// Most record bytes one partition consumes per batch (at least one record is always
     /// taken, so one large record cannot stall a partition).
@@ -179,7 +186,7 @@ impl Default for EngineOptions {
     fn default() -> Self {
         Self {
             batch_driving: BatchDriving::Automatic,
-            batch_records_max: 10_000,
+            batch_records_max: 2_000,
             batch_bytes_max: 8 << 20,
             append_queue_max: 4096,
             append_group_bytes_max: 8 << 20,
