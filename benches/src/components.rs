@@ -9,16 +9,29 @@ use lockstep_topologies::components::{components, Components};
 /// Opens the engine in `dir` with the component topology on `partitions` partitions and the
 /// default options (automatic batches, the default batch caps). To measure what a cache is
 /// worth: `LOCKSTEP_STATE_CACHE_MIB` sets the state cache's size (0 turns it off), and
-/// `LOCKSTEP_BLOCK_CACHE_MIB` RocksDB's block cache. `LOCKSTEP_KEEP_DEPOT_RECORDS` turns depot
-/// retention on, keeping that many records per partition.
+/// `LOCKSTEP_BLOCK_CACHE_MIB` RocksDB's block cache. `LOCKSTEP_BATCH_RECORDS_MAX` sets the
+/// records a partition takes per batch. `LOCKSTEP_KEEP_DEPOT_RECORDS` turns depot retention on,
+/// keeping that many records per partition.
 pub fn open_lockstep(dir: &Path, partitions: u32) -> anyhow::Result<(Arc<Engine>, Components)> {
+    open_lockstep_with(dir, partitions, EngineOptions::default())
+}
+
+/// [`open_lockstep`] from `options` instead of the defaults (the environment variables still
+/// apply on top).
+pub fn open_lockstep_with(
+    dir: &Path,
+    partitions: u32,
+    mut options: EngineOptions,
+) -> anyhow::Result<(Arc<Engine>, Components)> {
     let handles = components(partitions)?;
-    let mut options = EngineOptions::default();
     if let Some(mib) = env_mib("LOCKSTEP_STATE_CACHE_MIB")? {
         options.state_cache_bytes_max = mib << 20;
     }
     if let Some(mib) = env_mib("LOCKSTEP_BLOCK_CACHE_MIB")? {
         options.block_cache_bytes = mib << 20;
+    }
+    if let Some(records) = env_number("LOCKSTEP_BATCH_RECORDS_MAX")? {
+        options.batch_records_max = records;
     }
     if let Some(keep) = env_number("LOCKSTEP_KEEP_DEPOT_RECORDS")? {
         let mut retention = DepotRetention::default();

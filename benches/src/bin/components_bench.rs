@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context};
 use clap::Parser;
 use lockstep::net::{Client, ClientConfig, Server, ServerConfig};
-use lockstep::Engine;
+use lockstep::{Engine, EngineOptions};
 use lockstep_benches::chart::{bar_chart, Bar};
-use lockstep_benches::components::open_lockstep;
+use lockstep_benches::components::{open_lockstep, open_lockstep_with};
 use lockstep_benches::measure::{
     disk_bytes, latency_run, median, peak_rss_mib, percentile_ms, pipelined_latency_run,
     reset_peak_rss, run_clients, status_kib,
@@ -63,6 +63,12 @@ struct Args {
     /// Leave PostgreSQL out.
     #[arg(long)]
     skip_postgres: bool,
+    /// Measure only how fast batches drain a backlog: append every command with batches
+    /// stopped, reopen with batches running, and time until every outcome is visible (the
+    /// batch driver and committer alone, without clients competing for the cores). Prints
+    /// each run and the median, and nothing else.
+    #[arg(long)]
+    drain: bool,
     /// Where the charts of throughput and p99 latency per system go.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/charts"))]
     charts: PathBuf,
@@ -168,6 +174,39 @@ fn lockstep_embedded(args: &Args, work: &Workloads) -> anyhow::Result<EmbeddedRu
         appends: engine.append_stats(),
     };
     Ok(result)
+}
+
+/// Seconds the engine takes, reopened with batches running, to process a backlog of every
+/// command appended while batches were stopped (`--drain`).
+fn lockstep_drain(args: &Args, work: &Workloads) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let mut lasts = Vec::new();
+    {
+        let (engine, handles) =
+            open_lockstep_with(dir.path(), args.partitions, EngineOptions::manual())?;
+        for commands in &work.per_client {
+            for chunk in commands.chunks(args.chunk) {
+                lasts.extend(
+                    engine
+                        .append_many(&handles.commands, chunk)?
+                        .last()
+                        .copied(),
+                );
+            }
+        }
+    }
+    let (engine, handles) = open_lockstep(dir.path(), args.partitions)?;
+    // The driver starts at the end of the open: this misses at most its first moments.
+    let started = Instant::now();
+    for last in lasts {
+        engine.wait_for(TOPOLOGY, last, Duration::from_secs(600))?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    ensure!(
+        lockstep_digest(&engine, &handles)? == work.digest,
+        "the drained state differs from the sequential model's"
+    );
+    Ok(seconds)
 }
 
 fn lockstep_embedded_latency(args: &Args, work: &Workloads, rate: f64) -> anyhow::Result<Vec<u64>> {
@@ -796,6 +835,16 @@ fn main() -> anyhow::Result<()> {
         args.runs,
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
+    if args.drain {
+        let mut rates = Vec::new();
+        for run in 1..=args.runs {
+            let rate = total / lockstep_drain(&args, &work)?;
+            println!("drain run {run}: {rate:.0} commands/s");
+            rates.push(rate);
+        }
+        println!("drain median: {:.0} commands/s", median(rates));
+        return Ok(());
+    }
     let mut rows: Vec<(&str, Measured)> = Vec::new();
 
     // Lockstep embedded, and the ceilings replaying its synced writes.
