@@ -15,8 +15,8 @@ use crate::schema::{PState, PStateSpec, SetPState};
 use crate::store::{Entry, StateRead, StoreError, WriteSet};
 use crate::topology::RecordId;
 
-/// Room reserved for a laid-out key: the 8-byte prefix and a short encoded key fit without
-/// growing the buffer.
+/// Room reserved for a laid-out key (the 8-byte prefix and a short encoded key) or a bare
+/// encoded key: either fits without growing the buffer.
 const ENTRY_KEY_BYTES_GUESS: usize = 48;
 
 /// Largest encoded PState value or outcome.
@@ -346,7 +346,8 @@ impl<M> Ctx<'_, M> {
     }
 
     /// Adds `element` to the set under `key`; `true` if it was not there. Writes one entry
-    /// whatever the size of the set.
+    /// whatever the size of the set. Reads the store to answer; [`set_put`](Self::set_put)
+    /// writes without reading.
     pub fn set_insert<K, E>(
         &mut self,
         pstate: &SetPState<K, E>,
@@ -365,7 +366,8 @@ impl<M> Ctx<'_, M> {
         Ok(fresh)
     }
 
-    /// Removes `element` from the set under `key`; `true` if it was there.
+    /// Removes `element` from the set under `key`; `true` if it was there. Reads the store to
+    /// answer; [`set_delete`](Self::set_delete) writes without reading.
     pub fn set_remove<K, E>(
         &mut self,
         pstate: &SetPState<K, E>,
@@ -402,9 +404,10 @@ impl<M> Ctx<'_, M> {
         Ok(())
     }
 
-    /// Removes `element` from the set under `key` without reading whether it is there (a
-    /// no-op if it is absent): the set counterpart of [`delete`](Self::delete), which saves
-    /// [`set_remove`](Self::set_remove)'s read of the store.
+    /// Removes `element` from the set under `key` without reading whether it is there: the
+    /// set counterpart of [`delete`](Self::delete), which saves [`set_remove`](Self::set_remove)'s
+    /// read of the store. An absent element stays absent, but the deletion is still written
+    /// with the batch (and counted in its writes).
     pub fn set_delete<K, E>(
         &mut self,
         pstate: &SetPState<K, E>,
@@ -650,4 +653,85 @@ where
     let (key, used) = decode_key_prefix::<K>(encoded)?;
     let element = decode_key(&encoded[used..])?;
     Ok((key, element))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::topology::{NoMessages, TopologyBuilder};
+
+    /// An empty store that counts the reads that reach it.
+    #[derive(Default)]
+    struct CountingEmpty {
+        reads: AtomicUsize,
+    }
+
+    impl StateRead for CountingEmpty {
+        fn get(&self, _key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            Ok(None)
+        }
+
+        fn scan(&self, _from: &[u8], _to: &[u8], _limit: usize) -> Result<Vec<Entry>, StoreError> {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            Ok(Vec::new())
+        }
+    }
+
+    /// `set_put` and `set_delete` write without asking the store anything, while
+    /// `set_insert` reads (the count of store reads tells them apart, which the final
+    /// contents cannot: both kinds leave a set in the same state).
+    #[test]
+    fn blind_set_writes_read_nothing_and_reporting_ones_read() {
+        let mut builder = TopologyBuilder::<NoMessages>::new("t", 1);
+        let set = builder.set_pstate::<u32, u32>("children");
+        let store = CountingEmpty::default();
+        let mut writes = WriteSet::new();
+        let mut outbox = Vec::new();
+        let topology: Arc<str> = Arc::from("t");
+        let pstate_ids = [7u32];
+        let mut ctx = Ctx::<NoMessages> {
+            topology: &topology,
+            partition: 0,
+            partitions: 1,
+            batch_id: 1,
+            record: None,
+            pstate_ids: &pstate_ids,
+            outcome_pstate_id: 8,
+            view: View {
+                base: &store,
+                writes: &mut writes,
+            },
+            outbox: &mut outbox,
+            has_message_handler: false,
+        };
+        ctx.set_put(&set, &1, &2).expect("put");
+        ctx.set_delete(&set, &1, &3).expect("delete");
+        assert_eq!(store.reads.load(Ordering::Relaxed), 0);
+        assert!(ctx.set_insert(&set, &1, &4).expect("insert"));
+        assert_eq!(store.reads.load(Ordering::Relaxed), 1);
+        // The blind writes are in the batch's write set, where later reads find them.
+        assert!(ctx.set_contains(&set, &1, &2).expect("contains"));
+        assert!(!ctx.set_contains(&set, &1, &3).expect("contains"));
+        assert_eq!(store.reads.load(Ordering::Relaxed), 1);
+        assert_eq!(writes.len(), 3);
+    }
+
+    /// An outcome is stored as an entry of a map keyed by `(depot id, offset)` on the record's
+    /// partition: the layout readers and the retention's range deletions assume.
+    #[test]
+    fn outcome_keys_are_map_entries_keyed_by_depot_and_offset() {
+        let record = RecordId {
+            depot_id: 3,
+            partition: 5,
+            offset: 1 << 40,
+        };
+        let encoded = encode_key(&(3u32, 1u64 << 40)).expect("encode");
+        assert_eq!(
+            outcome_key(9, record).expect("outcome key"),
+            entry_key(9, 5, &encoded)
+        );
+    }
 }
