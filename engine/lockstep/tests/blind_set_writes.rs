@@ -1,7 +1,9 @@
 //! `set_put` and `set_delete` write without reading: mixed with the reporting `set_insert`
 //! and `set_remove`, in batches of several records (so later records read earlier ones'
 //! writes from the batch's write set), every set ends as a `BTreeSet` model says, and every
-//! report and membership check a handler makes matches the model at that point.
+//! report, membership check and listing a handler makes matches the model at that point;
+//! with and without the state cache. (That they do not read is checked in `lockstep-core`,
+//! by counting the store's reads.)
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -19,6 +21,15 @@ enum Op {
     Insert,
     /// `set_remove`; the outcome is what it reports.
     Remove,
+    /// The outcome is the set's members, listed by the handler.
+    Members,
+}
+
+/// What a handler saw, recorded as the record's outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum Seen {
+    Flag(bool),
+    Members(Vec<u8>),
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -33,29 +44,31 @@ fn edit_strategy() -> impl Strategy<Value = Edit> {
         Just(Op::Put),
         Just(Op::Delete),
         Just(Op::Insert),
-        Just(Op::Remove)
+        Just(Op::Remove),
+        Just(Op::Members)
     ];
     (0u8..3, 0u8..5, op).prop_map(|(key, element, op)| Edit { key, element, op })
 }
 
 /// The outcome the model expects for `edit`, applying it to `sets`.
-fn model_apply(sets: &mut BTreeMap<u8, BTreeSet<u8>>, edit: Edit) -> bool {
+fn model_apply(sets: &mut BTreeMap<u8, BTreeSet<u8>>, edit: Edit) -> Seen {
     let set = sets.entry(edit.key).or_default();
     match edit.op {
         Op::Put => {
             set.insert(edit.element);
-            true
+            Seen::Flag(true)
         }
         Op::Delete => {
             set.remove(&edit.element);
-            false
+            Seen::Flag(false)
         }
-        Op::Insert => set.insert(edit.element),
-        Op::Remove => set.remove(&edit.element),
+        Op::Insert => Seen::Flag(set.insert(edit.element)),
+        Op::Remove => Seen::Flag(set.remove(&edit.element)),
+        Op::Members => Seen::Members(set.iter().copied().collect()),
     }
 }
 
-fn run(chunks: &[Vec<Edit>]) {
+fn run(chunks: &[Vec<Edit>], state_cache_bytes_max: usize) {
     let dir = tempfile::tempdir().expect("tempdir");
     let edits = Depot::<Edit>::hashed("edits", 2, |edit: &Edit| edit.key).expect("depot");
     let mut builder = TopologyBuilder::<NoMessages>::new("sets", 2);
@@ -66,19 +79,22 @@ fn run(chunks: &[Vec<Edit>]) {
         let outcome = match edit.op {
             Op::Put => {
                 ctx.set_put(&handle, key, element)?;
-                ctx.set_contains(&handle, key, element)?
+                Seen::Flag(ctx.set_contains(&handle, key, element)?)
             }
             Op::Delete => {
                 ctx.set_delete(&handle, key, element)?;
-                ctx.set_contains(&handle, key, element)?
+                Seen::Flag(ctx.set_contains(&handle, key, element)?)
             }
-            Op::Insert => ctx.set_insert(&handle, key, element)?,
-            Op::Remove => ctx.set_remove(&handle, key, element)?,
+            Op::Insert => Seen::Flag(ctx.set_insert(&handle, key, element)?),
+            Op::Remove => Seen::Flag(ctx.set_remove(&handle, key, element)?),
+            Op::Members => Seen::Members(ctx.set_members(&handle, key, None, 100)?),
         };
         ctx.record_outcome(&outcome)
     });
+    let mut options = EngineOptions::manual();
+    options.state_cache_bytes_max = state_cache_bytes_max;
     let engine = Engine::builder(dir.path())
-        .options(EngineOptions::manual())
+        .options(options)
         .depot(&edits)
         .topology(builder.build().expect("topology"))
         .open()
@@ -91,7 +107,7 @@ fn run(chunks: &[Vec<Edit>]) {
         let snapshot = engine.snapshot().expect("snapshot");
         for (id, edit) in ids.into_iter().zip(chunk) {
             let expected = model_apply(&mut model, *edit);
-            let outcome = snapshot.outcome::<bool>("sets", id).expect("outcome");
+            let outcome = snapshot.outcome::<Seen>("sets", id).expect("outcome");
             assert_eq!(outcome.map(|o| o.value), Some(expected), "{edit:?}");
         }
     }
@@ -119,9 +135,10 @@ proptest! {
 
     #[test]
     fn blind_and_reporting_set_writes_match_a_set_model(
-        chunks in prop::collection::vec(prop::collection::vec(edit_strategy(), 1..12), 1..8)
+        chunks in prop::collection::vec(prop::collection::vec(edit_strategy(), 1..12), 1..8),
+        state_cache_bytes_max in prop_oneof![Just(0usize), Just(1usize << 10), Just(64usize << 20)],
     ) {
-        run(&chunks);
+        run(&chunks, state_cache_bytes_max);
     }
 }
 
@@ -134,7 +151,7 @@ fn blind_writes_of_what_is_already_so_change_nothing() {
         element,
         op,
     };
-    run(&[
+    let chunks = [
         vec![edit(Op::Delete, 3), edit(Op::Put, 3), edit(Op::Put, 3)],
         vec![edit(Op::Put, 3), edit(Op::Insert, 3), edit(Op::Delete, 4)],
         vec![
@@ -142,6 +159,18 @@ fn blind_writes_of_what_is_already_so_change_nothing() {
             edit(Op::Delete, 3),
             edit(Op::Delete, 3),
         ],
-        vec![edit(Op::Remove, 3), edit(Op::Insert, 3)],
-    ]);
+        vec![
+            edit(Op::Remove, 3),
+            edit(Op::Insert, 3),
+            edit(Op::Members, 0),
+        ],
+        vec![
+            edit(Op::Delete, 0),
+            edit(Op::Delete, 1),
+            edit(Op::Members, 0),
+        ],
+    ];
+    for state_cache_bytes_max in [0, 64 << 20] {
+        run(&chunks, state_cache_bytes_max);
+    }
 }

@@ -248,6 +248,9 @@ const CHILDREN_PAGE: usize = 1024;
 #[derive(Clone)]
 struct Handles {
     components: PState<ComponentId, Component>,
+    /// Written blind (`set_put`, `set_delete`): a set write is idempotent, and no handler
+    /// needs the report `set_insert` and `set_remove` give of whether the element was there,
+    /// which costs a read of the store per call.
     children: SetPState<ComponentId, ComponentId>,
 }
 
@@ -409,9 +412,6 @@ impl Handles {
         let page = ctx.set_members(&self.children, id, None, CHILDREN_PAGE)?;
         let more = page.len() == CHILDREN_PAGE;
         for child in page {
-            // Children sets are written blind (`set_put`, `set_delete`): a set write is
-            // idempotent, and nothing here needs `set_insert`'s report of whether the element
-            // was there, which costs a read of the store per call.
             ctx.set_delete(&self.children, id, &child)?;
             ctx.send(&child, Msg::DeleteSubtree { id: child.clone() })?;
         }
