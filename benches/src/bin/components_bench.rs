@@ -66,7 +66,7 @@ struct Args {
     /// Measure only how fast batches drain a backlog: append every command with batches
     /// stopped, reopen with batches running, and time until every outcome is visible (the
     /// batch driver and committer alone, without clients competing for the cores). Prints
-    /// each run and the median, and nothing else.
+    /// the workload's header, each run and the median.
     #[arg(long)]
     drain: bool,
     /// Where the charts of throughput and p99 latency per system go.

@@ -370,9 +370,10 @@ impl DepotLog for RocksStore {
                 );
             }
         }
-        // RocksDB inserts a batch's entries into the memtable in batch order, each insert's
-        // skiplist search starting where the previous one ended; a group interleaves
-        // partitions as its callers do, so in key order those searches stay short.
+        // When RocksDB inserts a batch into the memtable on its own (no other writer in its
+        // write group), each insert's skiplist search starts where the previous one ended; a
+        // group interleaves partitions as its callers do, so in key order those searches stay
+        // short (the appender's skiplist work all but vanished in profiles; BENCHMARKS.md).
         let mut in_key_order: Vec<&DepotEntry<'_>> = entries.iter().collect();
         in_key_order.sort_unstable_by_key(|entry| (entry.depot_id, entry.partition, entry.offset));
         let mut value = Vec::new();
