@@ -399,9 +399,7 @@ impl<M> Ctx<'_, M> {
         K: Serialize,
         E: Serialize,
     {
-        let entry = self.set_entry(pstate, key, element)?;
-        self.view.writes.insert(entry, Some(Vec::new()));
-        Ok(())
+        self.set_write_blind(pstate, key, element, true)
     }
 
     /// Removes `element` from the set under `key` without reading whether it is there: the
@@ -418,8 +416,19 @@ impl<M> Ctx<'_, M> {
         K: Serialize,
         E: Serialize,
     {
+        self.set_write_blind(pstate, key, element, false)
+    }
+
+    /// Writes `element`'s entry as present or absent, reading nothing.
+    fn set_write_blind<K: Serialize, E: Serialize>(
+        &mut self,
+        pstate: &SetPState<K, E>,
+        key: &K,
+        element: &E,
+        present: bool,
+    ) -> Result<(), HandlerError> {
         let entry = self.set_entry(pstate, key, element)?;
-        self.view.writes.insert(entry, None);
+        self.view.writes.insert(entry, present.then(Vec::new));
         Ok(())
     }
 
