@@ -729,7 +729,7 @@ mod tests {
     }
 
     /// An outcome is stored as an entry of a map keyed by `(depot id, offset)` on the record's
-    /// partition: the layout readers and the retention's range deletions assume.
+    /// partition: the layout that readers and retention's range deletions assume.
     #[test]
     fn outcome_keys_are_map_entries_keyed_by_depot_and_offset() {
         let record = RecordId {
