@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use lockstep::{Engine, EngineOptions};
 
-use super::{ledger, open, Ledger, Op};
+use super::{ledger, open, read_state, Ledger, LedgerState, Op};
 
 /// What the parent learned: every acknowledged `(partition, offset)` and its op.
 pub type Acked = BTreeMap<(u32, u64), Op>;
@@ -70,6 +70,8 @@ pub struct Loaded {
     lines: Lines<BufReader<ChildStdout>>,
     /// Acknowledgments read so far.
     pub acked: Acked,
+    /// Every other line the child printed, in order.
+    pub notes: Vec<String>,
 }
 
 impl Loaded {
@@ -92,6 +94,7 @@ impl Loaded {
             child,
             lines: BufReader::new(stdout).lines(),
             acked: Acked::new(),
+            notes: Vec::new(),
         }
     }
 
@@ -106,19 +109,41 @@ impl Loaded {
         }
     }
 
+    /// Reads lines until one that starts with `prefix` (or a minute has passed, or the
+    /// child's output ended); whether it came.
+    pub fn read_until_note(&mut self, prefix: &str) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(60) {
+            let Some(Ok(line)) = self.lines.next() else {
+                return false;
+            };
+            self.record(&line);
+            if line.starts_with(prefix) {
+                return true;
+            }
+        }
+        false
+    }
+
     /// SIGKILL, reap, and read what the child printed before it died.
-    pub fn kill_nine(mut self) -> Acked {
+    pub fn kill_nine(self) -> Acked {
+        self.kill_nine_with_notes().0
+    }
+
+    /// [`kill_nine`](Self::kill_nine), also returning the child's other lines.
+    pub fn kill_nine_with_notes(mut self) -> (Acked, Vec<String>) {
         self.child.kill().expect("SIGKILL");
         self.child.wait().expect("reap");
         while let Some(Ok(line)) = self.lines.next() {
             self.record(&line);
         }
-        self.acked
+        (self.acked, self.notes)
     }
 
     fn record(&mut self, line: &str) {
         let fields: Vec<&str> = line.split_whitespace().collect();
         if fields.first() != Some(&"ack") || fields.len() != 6 {
+            self.notes.push(line.to_string());
             return;
         }
         let n = |i: usize| fields[i].parse::<i64>().expect("number");
@@ -140,4 +165,74 @@ pub fn varying(bound: u64) -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::from(d.subsec_nanos()));
     nanos % bound.max(1)
+}
+
+/// Records the state's ops account for: every op adds 1 to a total and 1 entry to a log.
+pub fn applied(state: &LedgerState) -> (i64, usize) {
+    (
+        state.totals.values().sum(),
+        state.mirror_log.values().map(Vec::len).sum(),
+    )
+}
+
+/// Depot totals over all partitions after a kill.
+#[derive(Debug, Default)]
+pub struct Reopened {
+    pub consumed: u64,
+    pub trimmed: u64,
+    pub heads: u64,
+}
+
+/// Checks a data directory the child left with retention on, reopened in `engine`: no trim
+/// passed the committed offsets, each partition is dense from its first kept record, every
+/// acknowledged record not trimmed is stored as acknowledged, and the state holds exactly
+/// the consumed records, each once (every op adds 1), before and after draining the rest.
+pub fn check_reopened_with_retention(engine: &Engine, ledger: &Ledger, acked: &Acked) -> Reopened {
+    let committed = engine.committed(super::TOPOLOGY).expect("commit record");
+    let mut totals = Reopened::default();
+    for p in 0..ledger.partitions {
+        let first_kept = engine
+            .depot_first_kept_offset(&ledger.ops, p)
+            .expect("start");
+        let head = engine.depot_next_offset(&ledger.ops, p).expect("head");
+        let consumed = committed
+            .offsets
+            .iter()
+            .find(|o| o.partition == p)
+            .map_or(0, |o| o.next_offset);
+        assert!(
+            first_kept <= consumed && consumed <= head,
+            "partition {p}: first kept {first_kept}, consumed {consumed}, head {head}"
+        );
+        let stored: BTreeMap<u64, Op> = engine
+            .read_depot(&ledger.ops, p, first_kept, usize::MAX)
+            .expect("read depot")
+            .into_iter()
+            .collect();
+        assert_eq!(
+            stored.len() as u64,
+            head - first_kept,
+            "partition {p} is dense"
+        );
+        for ((_, offset), op) in acked.range((p, first_kept)..(p + 1, 0)) {
+            assert_eq!(
+                stored.get(offset),
+                Some(op),
+                "partition {p} offset {offset}"
+            );
+        }
+        totals.consumed += consumed;
+        totals.trimmed += first_kept;
+        totals.heads += head;
+    }
+    assert_eq!(
+        applied(&read_state(engine, ledger)),
+        (totals.consumed as i64, totals.consumed as usize)
+    );
+    engine.run_until_idle().expect("drain");
+    assert_eq!(
+        applied(&read_state(engine, ledger)),
+        (totals.heads as i64, totals.heads as usize)
+    );
+    totals
 }
