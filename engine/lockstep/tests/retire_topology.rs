@@ -3,36 +3,18 @@
 //! offsets, and declaring its name again starts a new topology, with empty state, at the
 //! depot's first kept records. Retiring is idempotent, and declaring and retiring one name is
 //! refused. Until it is retired, an absent topology is listed as undeclared, with where it
-//! left off, and the open warns about it when retention is on.
+//! left off (and the open warns about it when retention is on: `undeclared_topology_warning.rs`).
 
 mod common;
 
-use common::retention::{audit, committed_offsets, counted, first_kept, heads, ops, options};
-use std::sync::{Arc, Mutex};
-
+use common::retention::{
+    audit, committed_offsets, counted, directory_with_a_committed_audit, first_kept, heads,
+    open_with_audit as open, ops,
+};
 use common::{ledger, read_state, Ledger};
-use lockstep::{Engine, EngineOptions, Error, Topology};
+use lockstep::{Error, Topology};
 
 const PARTITIONS: u32 = 2;
-
-fn open(
-    dir: &std::path::Path,
-    ledger: &Ledger,
-    audit: Option<&Topology>,
-    retire_audit: bool,
-) -> Result<Engine, Error> {
-    let mut builder = Engine::builder(dir)
-        .options(options(10))
-        .depot(&ledger.ops)
-        .topology(ledger.topology.clone());
-    if let Some(audit) = audit {
-        builder = builder.topology(audit.clone());
-    }
-    if retire_audit {
-        builder = builder.retire_topology("audit");
-    }
-    builder.open()
-}
 
 #[test]
 fn a_retired_topology_stops_holding_records_back_and_its_name_starts_afresh() {
@@ -134,18 +116,6 @@ fn an_undeclared_topology_that_never_committed_is_listed_with_no_batch() {
     assert!(undeclared[0].depots.is_empty());
 }
 
-/// The audit, declared, with one batch committed.
-fn directory_with_a_committed_audit(dir: &std::path::Path, ledger: &Ledger, audit: &Topology) {
-    let engine = open(dir, ledger, Some(audit), false).expect("open");
-    engine.append_many(&ledger.ops, &ops(0, 8)).expect("append");
-    engine.run_batch("audit").expect("audit batch");
-    assert!(!engine
-        .committed("audit")
-        .expect("committed")
-        .offsets
-        .is_empty());
-}
-
 /// Whether the audit's commit record is still there: the retirement was not written.
 fn audit_still_committed(dir: &std::path::Path, ledger: &Ledger, audit: &Topology) -> bool {
     let engine = open(dir, ledger, Some(audit), false).expect("open");
@@ -182,76 +152,4 @@ fn a_contradicting_declaration_fails_the_open_before_retiring() {
         "{refused:?}"
     );
     assert!(audit_still_committed(dir.path(), &ledger, &audit));
-}
-
-/// Log lines written while `f` runs on this thread (the open logs on the caller's thread).
-fn logs_of<T>(f: impl FnOnce() -> T) -> (T, String) {
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Captured {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0
-                .lock()
-                .map_err(|_| std::io::Error::other("poisoned"))?
-                .extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::INFO)
-        .finish();
-    let result = tracing::subscriber::with_default(subscriber, f);
-    let bytes = captured.0.lock().expect("log buffer").clone();
-    (result, String::from_utf8_lossy(&bytes).into_owned())
-}
-
-/// With retention on, an open that leaves out a stored topology holding a declared depot
-/// back warns, naming it and the way out; without retention it only notes it; once the
-/// topology is retired, nothing is said.
-#[test]
-fn an_undeclared_topology_holding_records_back_is_warned_about() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let ledger = ledger(PARTITIONS);
-    let (audit, _) = audit("audit", &ledger);
-    directory_with_a_committed_audit(dir.path(), &ledger, &audit);
-
-    let (engine, logs) = logs_of(|| open(dir.path(), &ledger, None, false));
-    drop(engine.expect("open with retention, without the audit"));
-    let warning = logs
-        .lines()
-        .find(|line| line.contains("stored topology not declared"))
-        .unwrap_or_else(|| panic!("no line about the audit in {logs:?}"));
-    assert!(warning.contains("WARN"), "{warning}");
-    assert!(warning.contains("audit"), "{warning}");
-    assert!(warning.contains("retire_topology"), "{warning}");
-
-    let (engine, logs) = logs_of(|| {
-        Engine::builder(dir.path())
-            .options(EngineOptions::manual())
-            .depot(&ledger.ops)
-            .topology(ledger.topology.clone())
-            .open()
-    });
-    drop(engine.expect("open without retention, without the audit"));
-    let note = logs
-        .lines()
-        .find(|line| line.contains("stored topology not declared"))
-        .unwrap_or_else(|| panic!("no line about the audit in {logs:?}"));
-    assert!(note.contains("INFO"), "{note}");
-    assert!(note.contains("audit"), "{note}");
-
-    let (engine, logs) = logs_of(|| open(dir.path(), &ledger, None, true));
-    drop(engine.expect("open retiring the audit"));
-    let (engine, logs_after) = logs_of(|| open(dir.path(), &ledger, None, false));
-    drop(engine.expect("open after the audit is retired"));
-    for logs in [logs, logs_after] {
-        assert!(!logs.contains("stored topology not declared"), "{logs}");
-    }
 }

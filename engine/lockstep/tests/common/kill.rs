@@ -1,12 +1,19 @@
 //! The plumbing of the `kill -9` tests: the test binary re-runs itself as a child that loads
-//! an engine from several threads and prints every acknowledged record, and the parent kills
-//! it mid-load and collects what it printed.
+//! an engine and prints every acknowledged record (and, for some tests, notes on what it is
+//! doing), and the parent kills it at a chosen moment, collects what it printed, and checks
+//! the data directory it left.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Lines, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// How long a child may live: past it, a watchdog kills it, so that a parent blocked reading
+/// a stalled child's output sees the output end and fails instead of hanging.
+const CHILD_LIFETIME_MAX: Duration = Duration::from_secs(120);
 
 use lockstep::{Engine, EngineOptions};
 
@@ -23,6 +30,8 @@ pub fn append_until_killed(
     ledger: &Ledger,
     op: impl Fn(u32, u32, u32) -> Op + Sync,
 ) {
+    // The test harness has printed the test's name without ending its line.
+    println!();
     let stdout = std::sync::Mutex::new(std::io::stdout());
     std::thread::scope(|scope| {
         for thread in 0..4u32 {
@@ -72,6 +81,8 @@ pub struct Loaded {
     pub acked: Acked,
     /// Every other line the child printed, in order.
     pub notes: Vec<String>,
+    /// Set once the child is killed, which stands the watchdog down.
+    killed: Arc<AtomicBool>,
 }
 
 impl Loaded {
@@ -86,15 +97,31 @@ impl Loaded {
             ])
             .env(env, dir)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            // A child's panic message shows in the parent's output.
+            .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn child");
         let stdout = child.stdout.take().expect("child stdout");
+        let killed = Arc::new(AtomicBool::new(false));
+        let (watched, pid) = (Arc::clone(&killed), child.id().to_string());
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            while started.elapsed() < CHILD_LIFETIME_MAX {
+                if watched.load(Ordering::Acquire) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if !watched.load(Ordering::Acquire) {
+                let _ = Command::new("kill").args(["-9", &pid]).status();
+            }
+        });
         Self {
             child,
             lines: BufReader::new(stdout).lines(),
             acked: Acked::new(),
             notes: Vec::new(),
+            killed,
         }
     }
 
@@ -132,12 +159,21 @@ impl Loaded {
 
     /// [`kill_nine`](Self::kill_nine), also returning the child's other lines.
     pub fn kill_nine_with_notes(mut self) -> (Acked, Vec<String>) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
+        self.stop();
         while let Some(Ok(line)) = self.lines.next() {
             self.record(&line);
         }
-        (self.acked, self.notes)
+        (
+            std::mem::take(&mut self.acked),
+            std::mem::take(&mut self.notes),
+        )
+    }
+
+    fn stop(&mut self) {
+        if !self.killed.swap(true, Ordering::AcqRel) {
+            self.child.kill().expect("SIGKILL");
+            self.child.wait().expect("reap");
+        }
     }
 
     fn record(&mut self, line: &str) {
@@ -155,6 +191,16 @@ impl Loaded {
                 mirror: n(5) as u32,
             },
         );
+    }
+}
+
+impl Drop for Loaded {
+    /// A parent that fails before it kills its child does not leave it running.
+    fn drop(&mut self) {
+        if !self.killed.swap(true, Ordering::AcqRel) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -225,6 +271,7 @@ pub fn check_reopened_with_retention(engine: &Engine, ledger: &Ledger, acked: &A
         totals.trimmed += first_kept;
         totals.heads += head;
     }
+    eprintln!("reopened after the kill: {totals:?}");
     assert_eq!(
         applied(&read_state(engine, ledger)),
         (totals.consumed as i64, totals.consumed as usize)

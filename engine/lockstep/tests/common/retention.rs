@@ -1,6 +1,8 @@
 //! What the depot retention tests share: a second consumer of the ledger's depot, retention
 //! options that trim often, and reads of where each partition starts and ends.
 
+use std::path::Path;
+
 use lockstep::{DepotRetention, Engine, EngineOptions, PState, Topology, TopologyBuilder};
 
 use super::{Ledger, Op};
@@ -85,4 +87,37 @@ pub fn committed_offsets(engine: &Engine, topology: &str) -> Vec<u64> {
         .iter()
         .map(|o| o.next_offset)
         .collect()
+}
+
+/// The ledger, and `audit` if given, with [`options`]`(10)`; retiring the topology named
+/// "audit" if `retire_audit`.
+pub fn open_with_audit(
+    dir: &Path,
+    ledger: &Ledger,
+    audit: Option<&Topology>,
+    retire_audit: bool,
+) -> lockstep::Result<Engine> {
+    let mut builder = Engine::builder(dir)
+        .options(options(10))
+        .depot(&ledger.ops)
+        .topology(ledger.topology.clone());
+    if let Some(audit) = audit {
+        builder = builder.topology(audit.clone());
+    }
+    if retire_audit {
+        builder = builder.retire_topology("audit");
+    }
+    builder.open()
+}
+
+/// The audit, declared, with one batch committed.
+pub fn directory_with_a_committed_audit(dir: &Path, ledger: &Ledger, audit: &Topology) {
+    let engine = open_with_audit(dir, ledger, Some(audit), false).expect("open");
+    engine.append_many(&ledger.ops, &ops(0, 8)).expect("append");
+    engine.run_batch("audit").expect("audit batch");
+    assert!(!engine
+        .committed("audit")
+        .expect("committed")
+        .offsets
+        .is_empty());
 }
