@@ -57,14 +57,7 @@ fn child_loads_then_idles_until_killed() {
             })
             .collect();
         let ids = engine.append_many(&ledger.ops, &ops).expect("append");
-        for (op, id) in ops.iter().zip(ids) {
-            writeln!(
-                out,
-                "ack {} {} {} {} {}",
-                id.partition, id.offset, op.key, op.amount, op.mirror
-            )
-            .expect("write");
-        }
+        kill::print_acks(&mut out, &ops, &ids);
     }
     writeln!(out, "loaded").expect("write");
     out.flush().expect("flush");

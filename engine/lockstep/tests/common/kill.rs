@@ -41,19 +41,25 @@ pub fn append_until_killed(
                     let ops: Vec<Op> = (0..8u32).map(|j| op(thread, call, j)).collect();
                     let ids = engine.append_many(&ledger.ops, &ops).expect("append");
                     let mut out = stdout.lock().expect("stdout");
-                    for (op, id) in ops.iter().zip(ids) {
-                        writeln!(
-                            out,
-                            "ack {} {} {} {} {}",
-                            id.partition, id.offset, op.key, op.amount, op.mirror
-                        )
-                        .expect("write");
-                    }
+                    print_acks(&mut *out, &ops, &ids);
                     out.flush().expect("flush");
                 }
             });
         }
     });
+}
+
+/// Prints `ack <partition> <offset> <key> <amount> <mirror>` for each acknowledged record,
+/// the line [`Loaded`] reads.
+pub fn print_acks(out: &mut impl Write, ops: &[Op], ids: &[lockstep::RecordId]) {
+    for (op, id) in ops.iter().zip(ids) {
+        writeln!(
+            out,
+            "ack {} {} {} {} {}",
+            id.partition, id.offset, op.key, op.amount, op.mirror
+        )
+        .expect("write");
+    }
 }
 
 /// The body of a child test: if `env` names a data directory (the parent spawned this
