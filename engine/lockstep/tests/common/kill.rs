@@ -11,13 +11,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How long a child may live: past it, a watchdog kills it, so that a parent blocked reading
-/// a stalled child's output sees the output end and fails instead of hanging.
-const CHILD_LIFETIME_MAX: Duration = Duration::from_secs(120);
-
 use lockstep::{Engine, EngineOptions};
 
 use super::{ledger, open, read_state, Ledger, LedgerState, Op};
+
+/// How long a child may live: past it, a watchdog kills it, so that a parent blocked reading
+/// a stalled child's output sees the output end and fails instead of hanging.
+const CHILD_LIFETIME_MAX: Duration = Duration::from_secs(120);
 
 /// What the parent learned: every acknowledged `(partition, offset)` and its op.
 pub type Acked = BTreeMap<(u32, u64), Op>;
