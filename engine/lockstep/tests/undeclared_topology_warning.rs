@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use common::ledger;
 use common::retention::{audit, directory_with_a_committed_audit, open_with_audit as open};
-use lockstep::{Engine, EngineOptions};
+use lockstep::EngineOptions;
 
 const PARTITIONS: u32 = 2;
 
@@ -53,26 +53,14 @@ fn an_undeclared_topology_holding_records_back_is_warned_about() {
 
     let (engine, logs) = logs_of(|| open(dir.path(), &ledger, None, false));
     drop(engine.expect("open with retention, without the audit"));
-    let warning = logs
-        .lines()
-        .find(|line| line.contains("stored topology not declared"))
-        .unwrap_or_else(|| panic!("no line about the audit in {logs:?}"));
+    let warning = undeclared_line(&logs);
     assert!(warning.contains("WARN"), "{warning}");
     assert!(warning.contains("audit"), "{warning}");
     assert!(warning.contains("retire_topology"), "{warning}");
 
-    let (engine, logs) = logs_of(|| {
-        Engine::builder(dir.path())
-            .options(EngineOptions::manual())
-            .depot(&ledger.ops)
-            .topology(ledger.topology.clone())
-            .open()
-    });
+    let (engine, logs) = logs_of(|| common::open(dir.path(), &ledger, EngineOptions::manual()));
     drop(engine.expect("open without retention, without the audit"));
-    let note = logs
-        .lines()
-        .find(|line| line.contains("stored topology not declared"))
-        .unwrap_or_else(|| panic!("no line about the audit in {logs:?}"));
+    let note = undeclared_line(&logs);
     assert!(note.contains("INFO"), "{note}");
     assert!(note.contains("audit"), "{note}");
 
@@ -81,6 +69,16 @@ fn an_undeclared_topology_holding_records_back_is_warned_about() {
     let (engine, logs_after) = logs_of(|| open(dir.path(), &ledger, None, false));
     drop(engine.expect("open after the audit is retired"));
     for logs in [logs, logs_after] {
-        assert!(!logs.contains("stored topology not declared"), "{logs}");
+        assert!(!logs.contains(UNDECLARED), "{logs}");
     }
+}
+
+/// What the open logs about each undeclared topology.
+const UNDECLARED: &str = "stored topology not declared";
+
+/// The line of `logs` about an undeclared topology.
+fn undeclared_line(logs: &str) -> &str {
+    logs.lines()
+        .find(|line| line.contains(UNDECLARED))
+        .unwrap_or_else(|| panic!("no line about the audit in {logs:?}"))
 }
