@@ -1821,9 +1821,10 @@ fn run_appender(shared: &Shared, requests: &Receiver<AppendRequest>, mut produce
                     // Poisoned by a batch's commit since this group's check: nothing written.
                     Error::Poisoned { reason } => reason,
                     e => {
-                        let write = match maintenance_write {
-                            true => "depot maintenance write (trims, expiry)",
-                            false => "depot append",
+                        let write = if maintenance_write {
+                            "depot maintenance write (trims, expiry)"
+                        } else {
+                            "depot append"
                         };
                         let reason = format!("{write} failed: {e}");
                         shared.poison_and_wake(reason.clone());
