@@ -450,9 +450,17 @@ impl<M: Send + 'static> RunBatch for TypedTopology<M> {
             });
         }
         let records = input.records.len() as u64;
-        let mut work: Vec<PartitionWork<M>> = (0..partitions)
-            .map(|_| PartitionWork {
-                writes: WriteSet::new(),
+        // Sized for two keys per record of the partition (an outcome and about one more: the
+        // component topology writes 1.8 per record), so the write sets rarely rehash as they
+        // grow; a partition's messages write there too, which the estimate leaves to growth.
+        let mut records_per_partition = vec![0usize; partitions];
+        for record in &input.records {
+            records_per_partition[record.partition as usize] += 1;
+        }
+        let mut work: Vec<PartitionWork<M>> = records_per_partition
+            .into_iter()
+            .map(|partition_records| PartitionWork {
+                writes: WriteSet::with_capacity(partition_records * 2),
                 records: Vec::new(),
                 inbox: Vec::new(),
                 outbox: Vec::new(),
