@@ -281,6 +281,17 @@ impl<M> Ctx<'_, M> {
         Ok(decoded.transpose()?)
     }
 
+    /// Whether `key` has a value, without decoding it: for a handler that only asks whether
+    /// something exists, it saves [`get`](Self::get)'s decoding (and its allocations). A value
+    /// that would not decode still counts as there.
+    pub fn contains<K, V>(&self, pstate: &PState<K, V>, key: &K) -> Result<bool, HandlerError>
+    where
+        K: Serialize,
+    {
+        let entry = self.owned_entry_key(pstate.spec(), key)?;
+        Ok(self.view.contains(&entry)?)
+    }
+
     /// Sets `key` to `value`.
     pub fn put<K, V>(
         &mut self,
@@ -726,6 +737,61 @@ mod tests {
         assert!(!ctx.set_contains(&set, &1, &3).expect("contains"));
         assert_eq!(store.reads.load(Ordering::Relaxed), 1);
         assert_eq!(writes.len(), 3);
+    }
+
+    /// A store holding one entry, whose bytes are no value's envelope.
+    struct OneUndecodable {
+        key: Vec<u8>,
+    }
+
+    impl StateRead for OneUndecodable {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+            Ok((key == self.key.as_slice()).then(|| vec![0xff; 3]))
+        }
+
+        fn scan(&self, _from: &[u8], _to: &[u8], _limit: usize) -> Result<Vec<Entry>, StoreError> {
+            Ok(Vec::new())
+        }
+    }
+
+    /// `contains` answers from the entry's presence alone (it never decodes: the stored bytes
+    /// here would not), and sees the batch's own puts and deletes over the store.
+    #[test]
+    fn contains_sees_presence_without_decoding() {
+        let mut builder = TopologyBuilder::<NoMessages>::new("t", 1);
+        let map = builder.pstate::<u32, String>("names");
+        let pstate_ids = [7u32];
+        let store = OneUndecodable {
+            key: entry_key(7, 0, &encode_key(&1u32).expect("encode")),
+        };
+        let mut writes = WriteSet::new();
+        let mut outbox = Vec::new();
+        let topology: Arc<str> = Arc::from("t");
+        let mut ctx = Ctx::<NoMessages> {
+            topology: &topology,
+            partition: 0,
+            partitions: 1,
+            batch_id: 1,
+            record: None,
+            pstate_ids: &pstate_ids,
+            outcome_pstate_id: 8,
+            view: View {
+                base: &store,
+                writes: &mut writes,
+            },
+            outbox: &mut outbox,
+            has_message_handler: false,
+        };
+        assert!(
+            ctx.get(&map, &1).is_err(),
+            "the stored bytes must not decode"
+        );
+        assert!(ctx.contains(&map, &1).expect("contains"));
+        assert!(!ctx.contains(&map, &2).expect("contains"));
+        ctx.put(&map, &2, &"two".to_string()).expect("put");
+        ctx.delete(&map, &1).expect("delete");
+        assert!(ctx.contains(&map, &2).expect("contains"));
+        assert!(!ctx.contains(&map, &1).expect("contains"));
     }
 
     /// An outcome is stored as an entry of a map keyed by `(depot id, offset)` on the record's

@@ -274,7 +274,7 @@ impl Handles {
             .ok_or_else(|| HandlerError::user("command handled outside a record"))?;
         match command {
             Command::Create { id, parent, attrs } => {
-                if ctx.get(&self.components, &id)?.is_some() {
+                if ctx.contains(&self.components, &id)? {
                     return self.reject(ctx, origin, RejectReason::AlreadyExists);
                 }
                 let probe = Component {
@@ -429,7 +429,7 @@ impl Handles {
                 attrs,
                 origin,
             } => {
-                if ctx.get(&self.components, &parent)?.is_none() {
+                if !ctx.contains(&self.components, &parent)? {
                     return self.reject(ctx, origin, RejectReason::ParentMissing);
                 }
                 ctx.set_put(&self.children, &parent, &child)?;

@@ -489,7 +489,7 @@ impl Handles {
             .ok_or_else(|| HandlerError::user("command handled outside a record"))?;
         match command {
             Command::AddNode { id, props } => {
-                if ctx.get(&self.nodes, &id)?.is_some() {
+                if ctx.contains(&self.nodes, &id)? {
                     return self.reject(ctx, origin, RejectReason::AlreadyExists);
                 }
                 let node = Node { props };
@@ -500,7 +500,7 @@ impl Handles {
                 ctx.record_outcome(&Outcome::Applied)
             }
             Command::DeleteNode { id } => {
-                if ctx.get(&self.nodes, &id)?.is_none() {
+                if !ctx.contains(&self.nodes, &id)? {
                     return self.reject(ctx, origin, RejectReason::NotFound);
                 }
                 ctx.delete(&self.nodes, &id)?;
@@ -513,7 +513,7 @@ impl Handles {
                 label,
                 props,
             } => {
-                if ctx.get(&self.nodes, &from)?.is_none() {
+                if !ctx.contains(&self.nodes, &from)? {
                     return self.reject(ctx, origin, RejectReason::NodeMissing);
                 }
                 let key = EdgeKey { from, label, to };
@@ -619,7 +619,7 @@ impl Handles {
     fn message(&self, ctx: &mut Ctx<'_, Msg>, message: Msg) -> Result<(), HandlerError> {
         match message {
             Msg::Link { key, state, origin } => {
-                if ctx.get(&self.nodes, &key.to)?.is_none() {
+                if !ctx.contains(&self.nodes, &key.to)? {
                     return self.reject(ctx, origin, RejectReason::NodeMissing);
                 }
                 if let Some(found) = self.record(ctx, &key, Direction::In)? {
