@@ -66,6 +66,26 @@ pub fn rss_mib() -> f64 {
     status_kib("self", "VmRSS:") as f64 / 1024.0
 }
 
+/// CPU time, in nanoseconds, that this process's live threads whose name starts with
+/// `prefix` have used (from `/proc/self/task/*/schedstat`); 0 where there is no `/proc`.
+/// Unlike elapsed time, it barely moves when other processes share the cores.
+pub fn threads_cpu_ns(prefix: &str) -> u64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|name| name.starts_with(prefix))
+        })
+        .filter_map(|task| {
+            let schedstat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+            schedstat.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
 /// Runs `per_client` closures on threads, one per client; returns elapsed seconds.
 pub fn run_clients<F>(clients: usize, f: F) -> anyhow::Result<f64>
 where
