@@ -86,6 +86,15 @@ pub fn threads_cpu_ns(prefix: &str) -> u64 {
         .sum()
 }
 
+/// CPU time, in nanoseconds, that the calling thread has used so far; 0 where there is no
+/// `/proc`.
+pub fn this_thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|schedstat| schedstat.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Runs `per_client` closures on threads, one per client; returns elapsed seconds.
 pub fn run_clients<F>(clients: usize, f: F) -> anyhow::Result<f64>
 where

@@ -21,7 +21,7 @@ use lockstep_benches::chart::{bar_chart, Bar};
 use lockstep_benches::components::{open_lockstep, open_lockstep_with};
 use lockstep_benches::measure::{
     disk_bytes, latency_run, median, peak_rss_mib, percentile_ms, pipelined_latency_run,
-    reset_peak_rss, run_clients, status_kib, threads_cpu_ns,
+    reset_peak_rss, run_clients, status_kib, this_thread_cpu_ns, threads_cpu_ns,
 };
 use lockstep_topologies::components::model::Model;
 use lockstep_topologies::components::workload::Workload;
@@ -67,8 +67,8 @@ struct Args {
     /// stopped (the clients' calls in turn), reopen with batches running, and time until
     /// every outcome is visible (the batch driver and committer alone, without clients
     /// competing for the cores). Prints the workload's header, each run and the medians of
-    /// the rate and of the batch threads' CPU time per command, which a busy machine moves
-    /// much less than the rate.
+    /// the rate and of the driver's and the committer's CPU time per command, which a busy
+    /// machine moves less than the rate.
     #[arg(long)]
     drain: bool,
     /// Where the charts of throughput and p99 latency per system go.
@@ -140,6 +140,7 @@ fn lockstep_digest(engine: &Engine, handles: &Components) -> anyhow::Result<u64>
 
 struct EmbeddedRun {
     seconds: f64,
+    cpu: CpuPerRole,
     digest: u64,
     rss_mib: f64,
     disk_mib: f64,
@@ -151,6 +152,7 @@ fn lockstep_embedded(args: &Args, work: &Workloads) -> anyhow::Result<EmbeddedRu
     let dir = tempfile::tempdir()?;
     reset_peak_rss();
     let (engine, handles) = open_lockstep(dir.path(), args.partitions)?;
+    let clients_cpu_ns = AtomicU64::new(0);
     let seconds = run_clients(args.clients, |c| {
         let mut last = None;
         // Appends of one client are processed in append order: no need to wait in between.
@@ -161,6 +163,7 @@ fn lockstep_embedded(args: &Args, work: &Workloads) -> anyhow::Result<EmbeddedRu
                 .copied()
                 .or(last);
         }
+        clients_cpu_ns.fetch_add(this_thread_cpu_ns(), Ordering::Relaxed);
         if let Some(last) = last {
             engine.wait_for(TOPOLOGY, last, Duration::from_secs(600))?;
         }
@@ -169,6 +172,7 @@ fn lockstep_embedded(args: &Args, work: &Workloads) -> anyhow::Result<EmbeddedRu
     let rss_mib = peak_rss_mib();
     let result = EmbeddedRun {
         seconds,
+        cpu: CpuPerRole::of_engine(clients_cpu_ns.into_inner()),
         digest: lockstep_digest(&engine, &handles)?,
         rss_mib,
         disk_mib: disk_bytes(dir.path()) as f64 / (1 << 20) as f64,
@@ -178,19 +182,57 @@ fn lockstep_embedded(args: &Args, work: &Workloads) -> anyhow::Result<EmbeddedRu
     Ok(result)
 }
 
-/// The prefix of the component topology's batch threads' names (its driver, and its committer
-/// `lockstep-components-commit`), as the kernel keeps them: cut to 15 bytes.
-const BATCH_THREADS: &str = "lockstep-compon";
+/// CPU time by thread role over one run, in nanoseconds: read from `/proc` (0 where there is
+/// none) for the engine's live threads, by the role their names begin with, as the kernel keeps
+/// them (15 bytes: `lockstep-driver`, `lockstep-commit`, `lockstep-append`). The engine must have
+/// been opened for the run, so that its threads' whole lives are the run's.
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuPerRole {
+    driver_ns: u64,
+    committer_ns: u64,
+    appender_ns: u64,
+    /// The clients' threads, up to their last append (not their wait for the outcomes).
+    clients_ns: u64,
+}
+
+impl CpuPerRole {
+    fn of_engine(clients_ns: u64) -> Self {
+        Self {
+            driver_ns: threads_cpu_ns("lockstep-driver"),
+            committer_ns: threads_cpu_ns("lockstep-commit"),
+            appender_ns: threads_cpu_ns("lockstep-append"),
+            clients_ns,
+        }
+    }
+
+    /// Microseconds per command, per role, for `commands` commands.
+    fn per_command_us(&self, commands: f64) -> [f64; 4] {
+        [
+            self.driver_ns,
+            self.committer_ns,
+            self.appender_ns,
+            self.clients_ns,
+        ]
+        .map(|ns| ns as f64 / 1000.0 / commands)
+    }
+}
+
+/// Per-role CPU microseconds per command, each the median over `runs`.
+fn median_cpu_us(runs: &[CpuPerRole], commands: f64) -> [f64; 4] {
+    let per_run: Vec<[f64; 4]> = runs.iter().map(|r| r.per_command_us(commands)).collect();
+    std::array::from_fn(|role| median(per_run.iter().map(|us| us[role]).collect()))
+}
 
 /// One `--drain` run.
 struct Drained {
     seconds: f64,
-    /// CPU time of the batch threads (driver and committer) over the run.
-    batch_cpu_ns: u64,
+    /// CPU time of the driver and the committer over the run (no clients, no appends).
+    cpu: CpuPerRole,
 }
 
 /// How long the engine takes, reopened with batches running, to process a backlog of every
-/// command appended while batches were stopped, and the CPU its batch threads use (`--drain`).
+/// command appended while batches were stopped, and the CPU its driver and committer use
+/// (`--drain`).
 fn lockstep_drain(args: &Args, work: &Workloads) -> anyhow::Result<Drained> {
     let dir = tempfile::tempdir()?;
     let mut lasts = Vec::new();
@@ -225,15 +267,12 @@ fn lockstep_drain(args: &Args, work: &Workloads) -> anyhow::Result<Drained> {
     }
     let seconds = started.elapsed().as_secs_f64();
     // The topology's threads were born with this open: their CPU time is the drain's.
-    let batch_cpu_ns = threads_cpu_ns(BATCH_THREADS);
+    let cpu = CpuPerRole::of_engine(0);
     ensure!(
         lockstep_digest(&engine, &handles)? == work.digest,
         "the drained state differs from the sequential model's"
     );
-    Ok(Drained {
-        seconds,
-        batch_cpu_ns,
-    })
+    Ok(Drained { seconds, cpu })
 }
 
 fn lockstep_embedded_latency(args: &Args, work: &Workloads, rate: f64) -> anyhow::Result<Vec<u64>> {
@@ -864,21 +903,21 @@ fn main() -> anyhow::Result<()> {
     );
     if args.drain {
         let mut rates = Vec::new();
-        let mut cpu_us = Vec::new();
+        let mut cpus = Vec::new();
         for run in 1..=args.runs {
             let drained = lockstep_drain(&args, &work)?;
             let rate = total / drained.seconds;
-            let us = drained.batch_cpu_ns as f64 / 1000.0 / total;
+            let [driver, committer, ..] = drained.cpu.per_command_us(total);
             println!(
-                "drain run {run}: {rate:.0} commands/s, {us:.2} us of batch-thread CPU per command"
+                "drain run {run}: {rate:.0} commands/s; CPU per command: driver {driver:.2} us, committer {committer:.2} us"
             );
             rates.push(rate);
-            cpu_us.push(us);
+            cpus.push(drained.cpu);
         }
+        let [driver, committer, ..] = median_cpu_us(&cpus, total);
         println!(
-            "drain median: {:.0} commands/s, {:.2} us of batch-thread CPU per command",
+            "drain median: {:.0} commands/s; CPU per command: driver {driver:.2} us, committer {committer:.2} us",
             median(rates),
-            median(cpu_us)
         );
         return Ok(());
     }
@@ -892,10 +931,12 @@ fn main() -> anyhow::Result<()> {
         digest_ok: true,
         ..Measured::default()
     };
+    let mut embedded_cpus = Vec::new();
     for _ in 0..args.runs {
         let run = lockstep_embedded(&args, &work)?;
         embedded.digest_ok &= run.digest == work.digest;
         rates.push(total / run.seconds);
+        embedded_cpus.push(run.cpu);
         ceiling_rates.push(total / ceiling(&run.stats, &run.appends, false)?);
         commit_ceiling_rates.push(total / ceiling(&run.stats, &run.appends, true)?);
         embedded.rss_peak_mib = embedded.rss_peak_mib.max(run.rss_mib);
@@ -1024,6 +1065,12 @@ fn main() -> anyhow::Result<()> {
         "lockstep embedded / raw rocksdb ceiling of the commits alone ({:.0} commands/s): {:.0}%",
         commit_ceiling_rate,
         100.0 * embedded.commands_per_s / commit_ceiling_rate
+    );
+    // Which thread sets the pace: the driver is serial, the others share the remaining cores.
+    let [driver, committer, appender, clients] = median_cpu_us(&embedded_cpus, total);
+    println!(
+        "lockstep embedded CPU per command (medians of the runs): driver {driver:.2} us, committer {committer:.2}, appender {appender:.2}, clients {clients:.2}; elapsed {:.2}",
+        1e6 / embedded.commands_per_s
     );
     for chart in system_charts(&args.charts, &rows, total)? {
         println!("chart: {}", chart.display());

@@ -962,7 +962,7 @@ impl Engine {
                 let topology = topology.clone();
                 engine
                     .threads
-                    .push(spawn(&format!("lockstep-{name}"), move || {
+                    .push(spawn(&format!("lockstep-driver:{name}"), move || {
                         run_driver(&driver_shared, &topology)
                     })?);
             }
@@ -1959,7 +1959,7 @@ fn run_driver(shared: &Shared, topology: &TopologyState) {
     let (done_tx, done_rx) = crossbeam_channel::bounded::<Result<BatchSummary, Error>>(1);
     std::thread::scope(|scope| {
         let committer = std::thread::Builder::new()
-            .name(format!("lockstep-{}-commit", topology.topology.name()))
+            .name(format!("lockstep-commit:{}", topology.topology.name()))
             .spawn_scoped(scope, move || {
                 for mut prepared in batches_rx {
                     // Freed after the driver has heard this batch's result (below), so that
