@@ -700,6 +700,31 @@ mod tests {
         }
     }
 
+    /// A handler's context on partition 0 of 1, reading `store` under `writes`, with the
+    /// topology's one PState resolved to id 7 (its outcomes to 8).
+    fn test_ctx<'a>(
+        topology: &'a Arc<str>,
+        store: &'a dyn StateRead,
+        writes: &'a mut WriteSet,
+        outbox: &'a mut Vec<(u32, NoMessages)>,
+    ) -> Ctx<'a, NoMessages> {
+        Ctx {
+            topology,
+            partition: 0,
+            partitions: 1,
+            batch_id: 1,
+            record: None,
+            pstate_ids: &[7],
+            outcome_pstate_id: 8,
+            view: View {
+                base: store,
+                writes,
+            },
+            outbox,
+            has_message_handler: false,
+        }
+    }
+
     /// `set_put` and `set_delete` write without asking the store anything, while
     /// `set_insert` reads (the count of store reads tells them apart, which the final
     /// contents cannot: both kinds leave a set in the same state).
@@ -711,22 +736,7 @@ mod tests {
         let mut writes = WriteSet::new();
         let mut outbox = Vec::new();
         let topology: Arc<str> = Arc::from("t");
-        let pstate_ids = [7u32];
-        let mut ctx = Ctx::<NoMessages> {
-            topology: &topology,
-            partition: 0,
-            partitions: 1,
-            batch_id: 1,
-            record: None,
-            pstate_ids: &pstate_ids,
-            outcome_pstate_id: 8,
-            view: View {
-                base: &store,
-                writes: &mut writes,
-            },
-            outbox: &mut outbox,
-            has_message_handler: false,
-        };
+        let mut ctx = test_ctx(&topology, &store, &mut writes, &mut outbox);
         ctx.set_put(&set, &1, &2).expect("put");
         ctx.set_delete(&set, &1, &3).expect("delete");
         assert_eq!(store.reads.load(Ordering::Relaxed), 0);
@@ -760,28 +770,13 @@ mod tests {
     fn contains_sees_presence_without_decoding() {
         let mut builder = TopologyBuilder::<NoMessages>::new("t", 1);
         let map = builder.pstate::<u32, String>("names");
-        let pstate_ids = [7u32];
         let store = OneUndecodable {
             key: entry_key(7, 0, &encode_key(&1u32).expect("encode")),
         };
         let mut writes = WriteSet::new();
         let mut outbox = Vec::new();
         let topology: Arc<str> = Arc::from("t");
-        let mut ctx = Ctx::<NoMessages> {
-            topology: &topology,
-            partition: 0,
-            partitions: 1,
-            batch_id: 1,
-            record: None,
-            pstate_ids: &pstate_ids,
-            outcome_pstate_id: 8,
-            view: View {
-                base: &store,
-                writes: &mut writes,
-            },
-            outbox: &mut outbox,
-            has_message_handler: false,
-        };
+        let mut ctx = test_ctx(&topology, &store, &mut writes, &mut outbox);
         assert!(
             ctx.get(&map, &1).is_err(),
             "the stored bytes must not decode"
