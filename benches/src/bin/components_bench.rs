@@ -206,21 +206,36 @@ impl CpuPerRole {
     }
 
     /// Microseconds per command, per role, for `commands` commands.
-    fn per_command_us(&self, commands: f64) -> [f64; 4] {
-        [
-            self.driver_ns,
-            self.committer_ns,
-            self.appender_ns,
-            self.clients_ns,
-        ]
-        .map(|ns| ns as f64 / 1000.0 / commands)
+    fn per_command_us(&self, commands: f64) -> CpuUsPerCommand {
+        let us = |ns: u64| ns as f64 / 1000.0 / commands;
+        CpuUsPerCommand {
+            driver: us(self.driver_ns),
+            committer: us(self.committer_ns),
+            appender: us(self.appender_ns),
+            clients: us(self.clients_ns),
+        }
     }
 }
 
+/// [`CpuPerRole`] in microseconds per command.
+#[derive(Debug, Clone, Copy)]
+struct CpuUsPerCommand {
+    driver: f64,
+    committer: f64,
+    appender: f64,
+    clients: f64,
+}
+
 /// Per-role CPU microseconds per command, each the median over `runs`.
-fn median_cpu_us(runs: &[CpuPerRole], commands: f64) -> [f64; 4] {
-    let per_run: Vec<[f64; 4]> = runs.iter().map(|r| r.per_command_us(commands)).collect();
-    std::array::from_fn(|role| median(per_run.iter().map(|us| us[role]).collect()))
+fn median_cpu_us(runs: &[CpuPerRole], commands: f64) -> CpuUsPerCommand {
+    let per_run: Vec<CpuUsPerCommand> = runs.iter().map(|r| r.per_command_us(commands)).collect();
+    let median_of = |role: fn(&CpuUsPerCommand) -> f64| median(per_run.iter().map(role).collect());
+    CpuUsPerCommand {
+        driver: median_of(|us| us.driver),
+        committer: median_of(|us| us.committer),
+        appender: median_of(|us| us.appender),
+        clients: median_of(|us| us.clients),
+    }
 }
 
 /// One `--drain` run.
@@ -907,14 +922,18 @@ fn main() -> anyhow::Result<()> {
         for run in 1..=args.runs {
             let drained = lockstep_drain(&args, &work)?;
             let rate = total / drained.seconds;
-            let [driver, committer, ..] = drained.cpu.per_command_us(total);
+            let CpuUsPerCommand {
+                driver, committer, ..
+            } = drained.cpu.per_command_us(total);
             println!(
                 "drain run {run}: {rate:.0} commands/s; CPU per command: driver {driver:.2} us, committer {committer:.2} us"
             );
             rates.push(rate);
             cpus.push(drained.cpu);
         }
-        let [driver, committer, ..] = median_cpu_us(&cpus, total);
+        let CpuUsPerCommand {
+            driver, committer, ..
+        } = median_cpu_us(&cpus, total);
         println!(
             "drain median: {:.0} commands/s; CPU per command: driver {driver:.2} us, committer {committer:.2} us",
             median(rates),
@@ -1067,7 +1086,12 @@ fn main() -> anyhow::Result<()> {
         100.0 * embedded.commands_per_s / commit_ceiling_rate
     );
     // Which thread sets the pace: the driver is serial, the others share the remaining cores.
-    let [driver, committer, appender, clients] = median_cpu_us(&embedded_cpus, total);
+    let CpuUsPerCommand {
+        driver,
+        committer,
+        appender,
+        clients,
+    } = median_cpu_us(&embedded_cpus, total);
     println!(
         "lockstep embedded CPU per command (medians of the runs): driver {driver:.2} us, committer {committer:.2}, appender {appender:.2}, clients {clients:.2}; elapsed {:.2}",
         1e6 / embedded.commands_per_s

@@ -700,8 +700,11 @@ mod tests {
         }
     }
 
+    /// The id the tests' one PState is resolved to.
+    const PSTATE_ID: u32 = 7;
+
     /// A handler's context on partition 0 of 1, reading `store` under `writes`, with the
-    /// topology's one PState resolved to id 7 (its outcomes to 8).
+    /// topology's one PState resolved to [`PSTATE_ID`] (its outcomes to the next id).
     fn test_ctx<'a>(
         topology: &'a Arc<str>,
         store: &'a dyn StateRead,
@@ -714,8 +717,8 @@ mod tests {
             partitions: 1,
             batch_id: 1,
             record: None,
-            pstate_ids: &[7],
-            outcome_pstate_id: 8,
+            pstate_ids: &[PSTATE_ID],
+            outcome_pstate_id: PSTATE_ID + 1,
             view: View {
                 base: store,
                 writes,
@@ -771,7 +774,7 @@ mod tests {
         let mut builder = TopologyBuilder::<NoMessages>::new("t", 1);
         let map = builder.pstate::<u32, String>("names");
         let store = OneUndecodable {
-            key: entry_key(7, 0, &encode_key(&1u32).expect("encode")),
+            key: entry_key(PSTATE_ID, 0, &encode_key(&1u32).expect("encode")),
         };
         let mut writes = WriteSet::new();
         let mut outbox = Vec::new();
