@@ -68,7 +68,8 @@ pub fn rss_mib() -> f64 {
 
 /// CPU time, in nanoseconds, that this process's live threads whose name starts with
 /// `prefix` have used (from `/proc/self/task/*/schedstat`); 0 where there is no `/proc`.
-/// Unlike elapsed time, it barely moves when other processes share the cores.
+/// It moves less than elapsed time when other processes share the cores, but it moves too
+/// (they share the caches, and the host's other guests share the machine).
 pub fn threads_cpu_ns(prefix: &str) -> u64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return 0;
