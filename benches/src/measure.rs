@@ -80,20 +80,24 @@ pub fn threads_cpu_ns(prefix: &str) -> u64 {
             std::fs::read_to_string(task.path().join("comm"))
                 .is_ok_and(|name| name.starts_with(prefix))
         })
-        .filter_map(|task| {
-            let schedstat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
-            schedstat.split_whitespace().next()?.parse::<u64>().ok()
-        })
+        .filter_map(|task| schedstat_cpu_ns(&task.path().join("schedstat")))
         .sum()
 }
 
 /// CPU time, in nanoseconds, that the calling thread has used so far; 0 where there is no
 /// `/proc`.
 pub fn this_thread_cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
+    schedstat_cpu_ns(Path::new("/proc/thread-self/schedstat")).unwrap_or(0)
+}
+
+/// The CPU time a thread's `schedstat` file reports (its first field, in nanoseconds).
+fn schedstat_cpu_ns(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path)
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
         .ok()
-        .and_then(|schedstat| schedstat.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Runs `per_client` closures on threads, one per client; returns elapsed seconds.

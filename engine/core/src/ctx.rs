@@ -252,9 +252,7 @@ impl<M> Ctx<'_, M> {
         key: &K,
     ) -> Result<Vec<u8>, HandlerError> {
         let id = self.pstate_id(spec)?;
-        let mut entry = Vec::with_capacity(ENTRY_KEY_BYTES_GUESS);
-        entry.extend_from_slice(&partition_prefix(id, self.partition));
-        encode_key_into(key, &mut entry)?;
+        let entry = laid_out_key(id, self.partition, key)?;
         let key_partition =
             partition_for_key_bytes(&entry[PARTITION_PREFIX_BYTES..], self.partitions);
         if key_partition != self.partition {
@@ -554,10 +552,24 @@ impl<M> Ctx<'_, M> {
 
 /// The laid-out key of a record's outcome.
 pub fn outcome_key(outcome_pstate_id: u32, record: RecordId) -> Result<Vec<u8>, KeyCodecError> {
-    let mut key = Vec::with_capacity(ENTRY_KEY_BYTES_GUESS);
-    key.extend_from_slice(&partition_prefix(outcome_pstate_id, record.partition));
-    encode_key_into(&(record.depot_id, record.offset), &mut key)?;
-    Ok(key)
+    laid_out_key(
+        outcome_pstate_id,
+        record.partition,
+        &(record.depot_id, record.offset),
+    )
+}
+
+/// `[pstate id][partition][encoded key]`, encoded straight into one buffer (what
+/// [`entry_key`] lays out from a key encoded apart).
+fn laid_out_key<K: Serialize + ?Sized>(
+    pstate_id: u32,
+    partition: u32,
+    key: &K,
+) -> Result<Vec<u8>, KeyCodecError> {
+    let mut laid_out = Vec::with_capacity(ENTRY_KEY_BYTES_GUESS);
+    laid_out.extend_from_slice(&partition_prefix(pstate_id, partition));
+    encode_key_into(key, &mut laid_out)?;
+    Ok(laid_out)
 }
 
 /// `[start, end)` of a map PState partition restricted to keys in `(from, to)`.

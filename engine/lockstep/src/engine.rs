@@ -97,9 +97,9 @@ pub struct EngineOptions {
     /// 2,000 by default. A batch commits while the next one executes, so the last batch of a
     /// burst commits with nothing to overlap it: a smaller batch shortens that wait, keeps the
     /// committer busy sooner, and bounds how long a record waits for its batch. On the
-    /// component workload (8 partitions, ~2.5 µs per command) 2,000 per partition is up to
-    /// 40 ms of execution per batch, long enough to hide a commit's sync; it was 4–9% faster
-    /// than 10,000, the default before (BENCHMARKS.md).
+    /// component workload (8 partitions, ~3 µs of execution per command under load) 2,000 per
+    /// partition is up to ~50 ms of execution per batch, long enough to hide a commit's sync;
+    /// it was 4–9% faster than 10,000, the default before (BENCHMARKS.md).
     pub batch_records_max: usize,
     /// Most record bytes one partition consumes per batch (at least one record is always
     /// taken, so one large record cannot stall a partition).
