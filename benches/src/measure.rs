@@ -165,6 +165,43 @@ where
     Ok(all)
 }
 
+/// A client's share of an open-loop schedule: `per_client` commands, one every `period`, the
+/// first due at `start`.
+struct Schedule {
+    start: Instant,
+    period: Duration,
+    per_client: usize,
+}
+
+impl Schedule {
+    fn new(clients: usize, rate_per_s: f64, seconds: f64) -> Self {
+        Self {
+            start: Instant::now(),
+            period: Duration::from_secs_f64(clients as f64 / rate_per_s.max(1.0)),
+            per_client: ((seconds * rate_per_s) as usize / clients).max(1),
+        }
+    }
+
+    /// How many of the commands are due by now.
+    fn due(&self) -> usize {
+        ((self.start.elapsed().as_secs_f64() / self.period.as_secs_f64()) as usize + 1)
+            .min(self.per_client)
+    }
+
+    /// When command `k` was due.
+    fn scheduled(&self, k: usize) -> Instant {
+        self.start + self.period * k as u32
+    }
+}
+
+fn sorted(latencies: std::sync::Mutex<Vec<u64>>) -> anyhow::Result<Vec<u64>> {
+    let mut all = latencies
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?;
+    all.sort_unstable();
+    Ok(all)
+}
+
 /// Open-loop latency for a pipelined system: a submitter per client appends the commands that
 /// are due (on a fixed schedule at `rate_per_s` in all) every tick, as one call, and a waiter
 /// per client waits for each to become visible. Latency runs from a command's scheduled time
@@ -181,30 +218,27 @@ where
     S: Fn(usize, std::ops::Range<usize>) -> anyhow::Result<Vec<lockstep::RecordId>> + Sync,
     W: Fn(usize, lockstep::RecordId) -> anyhow::Result<()> + Sync,
 {
-    let per_client = ((seconds * rate_per_s) as usize / clients).max(1);
-    let period = Duration::from_secs_f64(clients as f64 / rate_per_s.max(1.0));
     let latencies = std::sync::Mutex::new(Vec::new());
     run_clients(clients, |c| {
+        let schedule = Schedule::new(clients, rate_per_s, seconds);
         // Each submitted group goes to the waiter whole: a client's records are processed in
         // append order, so once the group's last record is visible, all of it is.
         let (tx, rx) = std::sync::mpsc::channel::<(lockstep::RecordId, Vec<Instant>)>();
         std::thread::scope(|scope| {
             let waiter = scope.spawn(|| -> anyhow::Result<Vec<u64>> {
-                let mut mine = Vec::with_capacity(per_client);
+                let mut mine = Vec::with_capacity(schedule.per_client);
                 for (last, scheduled) in rx {
                     wait(c, last)?;
                     mine.extend(scheduled.iter().map(|t| t.elapsed().as_micros() as u64));
                 }
                 Ok(mine)
             });
-            let start = Instant::now();
             let mut sent = 0;
-            while sent < per_client {
-                let due = ((start.elapsed().as_secs_f64() / period.as_secs_f64()) as usize + 1)
-                    .min(per_client);
+            while sent < schedule.per_client {
+                let due = schedule.due();
                 if due > sent {
                     let ids = submit(c, sent..due)?;
-                    let scheduled = (sent..due).map(|k| start + period * k as u32).collect();
+                    let scheduled = (sent..due).map(|k| schedule.scheduled(k)).collect();
                     if let Some(last) = ids.last() {
                         tx.send((*last, scheduled))
                             .map_err(|_| anyhow::anyhow!("waiter gone"))?;
@@ -225,9 +259,46 @@ where
             anyhow::Ok(())
         })
     })?;
-    let mut all = latencies
-        .into_inner()
-        .map_err(|_| anyhow::anyhow!("poisoned"))?;
-    all.sort_unstable();
-    Ok(all)
+    sorted(latencies)
+}
+
+/// Open-loop latency for a client whose one call appends and returns once the records are
+/// visible (`Client::append_and_wait`): each client, when its previous call has returned,
+/// sends every command due by then as one call (or waits a tick for one), so the commands
+/// that fall due during a call go in the next. Latency runs from a command's scheduled time
+/// to the return of its call.
+pub fn call_latency_run<C>(
+    clients: usize,
+    rate_per_s: f64,
+    seconds: f64,
+    tick: Duration,
+    call: C,
+) -> anyhow::Result<Vec<u64>>
+where
+    C: Fn(usize, std::ops::Range<usize>) -> anyhow::Result<()> + Sync,
+{
+    let latencies = std::sync::Mutex::new(Vec::new());
+    run_clients(clients, |c| {
+        let schedule = Schedule::new(clients, rate_per_s, seconds);
+        let mut mine = Vec::with_capacity(schedule.per_client);
+        let mut sent = 0;
+        while sent < schedule.per_client {
+            let due = schedule.due();
+            if due > sent {
+                call(c, sent..due)?;
+                mine.extend(
+                    (sent..due).map(|k| schedule.scheduled(k).elapsed().as_micros() as u64),
+                );
+                sent = due;
+            } else {
+                std::thread::sleep(tick);
+            }
+        }
+        latencies
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?
+            .extend(mine);
+        Ok(())
+    })?;
+    sorted(latencies)
 }

@@ -20,8 +20,9 @@ use lockstep::{Engine, EngineOptions};
 use lockstep_benches::chart::{bar_chart, Bar};
 use lockstep_benches::components::{open_lockstep, open_lockstep_with};
 use lockstep_benches::measure::{
-    disk_bytes, latency_run, median, peak_rss_mib, percentile_ms, pipelined_latency_run,
-    reset_peak_rss, run_clients, status_kib, this_thread_cpu_ns, threads_cpu_ns,
+    call_latency_run, disk_bytes, latency_run, median, peak_rss_mib, percentile_ms,
+    pipelined_latency_run, reset_peak_rss, run_clients, status_kib, this_thread_cpu_ns,
+    threads_cpu_ns,
 };
 use lockstep_topologies::components::model::Model;
 use lockstep_topologies::components::workload::Workload;
@@ -387,37 +388,31 @@ fn lockstep_network_latency(args: &Args, work: &Workloads, rate: f64) -> anyhow:
         .enable_all()
         .build()?;
     let (address, stop, serving) = runtime.block_on(start_server(engine.clone()))?;
-    // One connection to append on and one to wait on, per client.
-    let appenders: Vec<std::sync::Mutex<Client>> = runtime
-        .block_on(network_clients(args, &address))?
-        .into_iter()
-        .map(std::sync::Mutex::new)
-        .collect();
-    let waiters: Vec<std::sync::Mutex<Client>> = runtime
+    let clients: Vec<std::sync::Mutex<Client>> = runtime
         .block_on(network_clients(args, &address))?
         .into_iter()
         .map(std::sync::Mutex::new)
         .collect();
     let handle = runtime.handle().clone();
-    // A network round trip per call: gather a few milliseconds of commands into each.
-    let latencies = pipelined_latency_run(
+    // One round trip per call, answered once the commands are visible (as the embedded run
+    // waits: for visibility, not reading the outcomes).
+    let latencies = call_latency_run(
         args.clients,
         rate,
         args.latency_seconds,
-        Duration::from_millis(5),
+        Duration::from_millis(1),
         |c, range| {
             let commands = &work.per_client[c];
             let due: Vec<Command> = range
                 .map(|i| commands[i % commands.len()].clone())
                 .collect();
-            let mut client = appenders[c]
-                .lock()
-                .map_err(|_| anyhow::anyhow!("poisoned"))?;
-            Ok(handle.block_on(client.append(&handles.commands, &due))?)
-        },
-        |c, id| {
-            let mut client = waiters[c].lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-            handle.block_on(client.wait_for(TOPOLOGY, id, Duration::from_secs(60)))?;
+            let mut client = clients[c].lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            handle.block_on(client.append_and_wait_for(
+                &handles.commands,
+                &due,
+                TOPOLOGY,
+                Duration::from_secs(60),
+            ))?;
             Ok(())
         },
     )?;

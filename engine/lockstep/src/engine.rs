@@ -1116,6 +1116,25 @@ impl Engine {
         receiver.await.map_err(|_| Error::Closed)?
     }
 
+    /// Checks that `topology` consumes `depot`, so that waiting for the topology to process
+    /// the depot's records can succeed: the server checks this before an append-and-wait
+    /// writes anything.
+    #[cfg(feature = "net")]
+    pub(crate) fn check_consumes(&self, topology: &str, depot: &str) -> Result<(), Error> {
+        let state = self.shared.topology(topology)?;
+        if !self.shared.depots.contains_key(depot) {
+            return Err(Error::UnknownDepot(depot.to_string()));
+        }
+        if state.inputs.iter().any(|input| input.spec.name == depot) {
+            Ok(())
+        } else {
+            Err(Error::NotConsumed {
+                topology: topology.to_string(),
+                depot: depot.to_string(),
+            })
+        }
+    }
+
     /// The committed batch id if `topology` has processed `record`, without waiting.
     pub fn processed(&self, topology: &str, record: RecordId) -> Result<Option<u64>, Error> {
         let state = self.shared.topology(topology)?;

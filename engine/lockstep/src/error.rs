@@ -59,6 +59,15 @@ pub enum Error {
     /// The topology is not declared in this engine.
     #[error("unknown topology {0:?}")]
     UnknownTopology(String),
+    /// A call pairs a depot with a topology that does not consume it, so the topology would
+    /// never process the depot's records.
+    #[error("topology {topology:?} does not consume depot {depot:?}")]
+    NotConsumed {
+        /// The topology.
+        topology: String,
+        /// The depot.
+        depot: String,
+    },
     /// A record was refused before anything was written: too large or does not encode.
     #[error("record refused: {0}")]
     Record(#[from] CodecError),

@@ -1,6 +1,6 @@
 //! Arbitrary connections against a live server: random bytes before or after a handshake,
-//! random payloads in well-formed frames, and well-formed requests with random names, records,
-//! positions, producers and timeouts. None may panic the server (in any task), stop the
+//! random payloads in well-formed frames, and well-formed requests (appends, waits and
+//! append-and-waits among them) with random names, records, positions, producers and timeouts. None may panic the server (in any task), stop the
 //! topology or poison the engine, and none may change state except through appends the server
 //! accepted: afterwards the state is exactly the effect of the records the depot holds.
 
@@ -131,6 +131,26 @@ fn any_request() -> impl Strategy<Value = Request> {
         (any_name(), any_record_id())
             .prop_map(|(topology, record)| Request::Outcome { topology, record }),
         prop::collection::vec(any_read(), 0..4).prop_map(|reads| Request::Read { reads }),
+        (
+            prop_oneof![3 => Just("ops".to_string()), 1 => any_name()],
+            prop::collection::vec(any_record(), 0..4),
+            prop::option::of((0u64..3, 0u64..4)),
+            any_name(),
+            any::<u64>(),
+            any::<bool>(),
+        )
+            .prop_map(
+                |(depot, records, producer, topology, timeout_ms, outcomes)| {
+                    Request::AppendAndWait {
+                        depot,
+                        records,
+                        producer,
+                        topology,
+                        timeout_ms,
+                        outcomes,
+                    }
+                }
+            ),
     ]
 }
 

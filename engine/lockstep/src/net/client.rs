@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 
 use super::proto::{
     read_frame, write_frame, ClientFrame, FrameError, Read, Request, Response, ServerFrame,
-    WireError, FRAME_BYTES_MAX_DEFAULT, PROTOCOL_VERSION,
+    Visible, WireError, FRAME_BYTES_MAX_DEFAULT, PROTOCOL_VERSION,
 };
 use crate::{Depot, RecordId};
 
@@ -65,6 +65,17 @@ pub enum ClientError {
     /// The server sent something this client does not understand.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// [`Client::append_and_wait`] or [`Client::append_and_wait_for`] appended the records
+    /// (they are durable at these positions)
+    /// but the wait for the topology failed: it timed out, the topology stopped, or the engine
+    /// closed. Calling it again would append them again; wait with [`Client::wait_for`].
+    #[error("appended {} records, but the wait for them failed: {error}", records.len())]
+    NotVisible {
+        /// Where the records are.
+        records: Vec<RecordId>,
+        /// Why the wait failed.
+        error: WireError,
+    },
     /// A record, key or value did not encode or decode.
     #[error("codec: {0}")]
     Codec(String),
@@ -304,7 +315,9 @@ impl Client {
         let streaming = matches!(request, Request::Read { .. });
         // The server may legitimately hold a `wait_for` answer for as long as it was asked to.
         let asked_wait = match request {
-            Request::WaitFor { timeout_ms, .. } => Duration::from_millis(*timeout_ms),
+            Request::WaitFor { timeout_ms, .. } | Request::AppendAndWait { timeout_ms, .. } => {
+                Duration::from_millis(*timeout_ms)
+            }
             _ => Duration::ZERO,
         };
         let frame_wait = request_timeout.saturating_add(asked_wait);
@@ -364,20 +377,22 @@ impl Client {
     where
         T: Serialize + DeserializeOwned + Send + 'static,
     {
-        let mut envelopes = Vec::with_capacity(records.len());
-        for record in records {
-            envelopes.push(
-                depot
-                    .encode(record)
-                    .map_err(|e| ClientError::Codec(e.to_string()))?,
-            );
-        }
-        let sequence = self.next_sequence;
         let request = Request::Append {
             depot: depot.name().to_string(),
-            records: envelopes,
-            producer: Some((self.producer, sequence)),
+            records: encode_records(depot, records)?,
+            producer: Some((self.producer, self.next_sequence)),
         };
+        match self.call_appending(request).await? {
+            Response::Appended(ids) => Ok(ids),
+            other => Err(ClientError::Protocol(format!(
+                "unexpected answer {other:?}"
+            ))),
+        }
+    }
+
+    /// Sends a request that appends under this client's next sequence, and moves the sequence
+    /// on if the answer is definite.
+    async fn call_appending(&mut self, request: Request) -> Result<Response, ClientError> {
         let result = self.call(request).await;
         // Only a definite answer moves the sequence on. Otherwise the records may or may not be
         // stored: the caller's retry of the same records deduplicates, and other records under
@@ -385,12 +400,9 @@ impl Client {
         if matches!(result, Ok(_) | Err(ClientError::Server(_))) {
             self.next_sequence += 1;
         }
-        match result?.pop() {
-            Some(Response::Appended(ids)) => Ok(ids),
-            other => Err(ClientError::Protocol(format!(
-                "unexpected answer {other:?}"
-            ))),
-        }
+        result?
+            .pop()
+            .ok_or_else(|| ClientError::Protocol("an empty answer".to_string()))
     }
 
     /// Waits until `topology` has processed `record`; returns its committed batch id.
@@ -426,12 +438,7 @@ impl Client {
             record,
         };
         match self.call(request).await?.pop() {
-            Some(Response::Outcome(None)) => Ok(None),
-            Some(Response::Outcome(Some(bytes))) => {
-                let (batch_id, value): (u64, O) = lockstep_core::decode_envelope(&bytes)
-                    .map_err(|e| ClientError::Codec(e.to_string()))?;
-                Ok(Some(crate::Outcome { batch_id, value }))
-            }
+            Some(Response::Outcome(envelope)) => decode_outcome(envelope),
             other => Err(ClientError::Protocol(format!(
                 "unexpected answer {other:?}"
             ))),
@@ -439,7 +446,12 @@ impl Client {
     }
 
     /// Appends `records`, waits until `topology` has processed them, and returns each record's
-    /// position with the outcome the topology recorded for it (if any).
+    /// position with the outcome the topology recorded for it (if any): one round trip, and
+    /// one more per outcome beyond the first ~1 MiB of them.
+    ///
+    /// The topology must consume `depot`; the server checks that before appending. Idempotent
+    /// like [`append`](Self::append) until the records are appended; once they are, a failed
+    /// wait is [`ClientError::NotVisible`], with their positions.
     pub async fn append_and_wait<T, O>(
         &mut self,
         depot: &Depot<T>,
@@ -451,17 +463,73 @@ impl Client {
         T: Serialize + DeserializeOwned + Send + 'static,
         O: DeserializeOwned,
     {
-        let ids = self.append(depot, records).await?;
-        let mut answers = Vec::with_capacity(ids.len());
-        if let Some(last) = ids.last() {
-            // Records of one call commit in one batch or in order, so the last one is enough.
-            self.wait_for(topology, *last, timeout).await?;
-        }
-        for id in ids {
-            let outcome = self.outcome(topology, id).await?;
+        let (appended, visible) = self
+            .append_waiting(depot, records, topology, timeout, true)
+            .await?;
+        let mut outcomes = visible.outcomes.into_iter();
+        let mut answers = Vec::with_capacity(appended.len());
+        for id in appended {
+            let outcome = match outcomes.next() {
+                Some(envelope) => decode_outcome(envelope)?,
+                None => self.outcome(topology, id).await?,
+            };
             answers.push((id, outcome));
         }
         Ok(answers)
+    }
+
+    /// Appends `records` and waits until `topology` has processed them, in one round trip;
+    /// returns their positions and the topology's committed batch id then. What
+    /// [`append_and_wait`](Self::append_and_wait) does, without reading the outcomes: for a
+    /// caller that only needs its records visible (read-your-writes).
+    pub async fn append_and_wait_for<T>(
+        &mut self,
+        depot: &Depot<T>,
+        records: &[T],
+        topology: &str,
+        timeout: Duration,
+    ) -> Result<(Vec<RecordId>, u64), ClientError>
+    where
+        T: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let (appended, visible) = self
+            .append_waiting(depot, records, topology, timeout, false)
+            .await?;
+        Ok((appended, visible.batch_id))
+    }
+
+    async fn append_waiting<T>(
+        &mut self,
+        depot: &Depot<T>,
+        records: &[T],
+        topology: &str,
+        timeout: Duration,
+        outcomes: bool,
+    ) -> Result<(Vec<RecordId>, Visible), ClientError>
+    where
+        T: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let request = Request::AppendAndWait {
+            depot: depot.name().to_string(),
+            records: encode_records(depot, records)?,
+            producer: Some((self.producer, self.next_sequence)),
+            topology: topology.to_string(),
+            timeout_ms: timeout.as_millis().min(u128::from(u64::MAX)) as u64,
+            outcomes,
+        };
+        match self.call_appending(request).await? {
+            Response::AppendedAndWaited {
+                records,
+                visible: Ok(visible),
+            } => Ok((records, visible)),
+            Response::AppendedAndWaited {
+                records,
+                visible: Err(error),
+            } => Err(ClientError::NotVisible { records, error }),
+            other => Err(ClientError::Protocol(format!(
+                "unexpected answer {other:?}"
+            ))),
+        }
     }
 
     /// The value under `key` in `pstate`, and the batch of `topology` it was read at.
@@ -533,4 +601,30 @@ impl Client {
             .map(|(i, r)| r.ok_or_else(|| ClientError::Protocol(format!("read {i} unanswered"))))
             .collect()
     }
+}
+
+fn encode_records<T>(depot: &Depot<T>, records: &[T]) -> Result<Vec<Vec<u8>>, ClientError>
+where
+    T: Serialize + DeserializeOwned + Send + 'static,
+{
+    records
+        .iter()
+        .map(|record| {
+            depot
+                .encode(record)
+                .map_err(|e| ClientError::Codec(e.to_string()))
+        })
+        .collect()
+}
+
+/// An outcome as the server stores it: the envelope of `(batch id, value)`.
+fn decode_outcome<O: DeserializeOwned>(
+    envelope: Option<Vec<u8>>,
+) -> Result<Option<crate::Outcome<O>>, ClientError> {
+    let Some(bytes) = envelope else {
+        return Ok(None);
+    };
+    let (batch_id, value): (u64, O) =
+        lockstep_core::decode_envelope(&bytes).map_err(|e| ClientError::Codec(e.to_string()))?;
+    Ok(Some(crate::Outcome { batch_id, value }))
 }

@@ -14,8 +14,8 @@ mod server;
 
 pub use client::{Client, ClientConfig, ClientError, ReadResult};
 pub use proto::{
-    ClientFrame, FrameError, Read, Request, Response, ServerFrame, WireError, WireErrorKind,
-    FRAME_BYTES_MAX_DEFAULT, PROTOCOL_VERSION,
+    ClientFrame, FrameError, Read, Request, Response, ServerFrame, Visible, WireError,
+    WireErrorKind, FRAME_BYTES_MAX_DEFAULT, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
 };
 pub use server::{Server, ServerConfig};
 

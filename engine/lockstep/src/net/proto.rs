@@ -6,8 +6,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::RecordId;
 
-/// The protocol version this release speaks; the handshake refuses any other.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The protocol version this release speaks. Version 2 added [`Request::AppendAndWait`].
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The oldest version the server still accepts: a later version only adds requests, so an
+/// older client's requests all mean what they meant. The handshake refuses any other.
+pub const PROTOCOL_VERSION_MIN: u32 = 1;
 /// Default limit on one frame's payload.
 pub const FRAME_BYTES_MAX_DEFAULT: usize = 16 << 20;
 
@@ -16,7 +19,7 @@ pub const FRAME_BYTES_MAX_DEFAULT: usize = 16 << 20;
 pub enum ClientFrame {
     /// The first frame of a connection.
     Hello {
-        /// Must be [`PROTOCOL_VERSION`].
+        /// From [`PROTOCOL_VERSION_MIN`] to [`PROTOCOL_VERSION`].
         protocol: u32,
         /// Required when the server has a token.
         token: Option<String>,
@@ -63,6 +66,24 @@ pub enum Request {
     Read {
         /// The reads, answered in order.
         reads: Vec<Read>,
+    },
+    /// `Append`, then wait until a topology has processed the records, then (if asked) their
+    /// outcomes: what `Append`, `WaitFor` and one `Outcome` per record do, in one round trip.
+    /// The topology must consume the depot, which is checked before anything is written.
+    /// Answered by [`Response::AppendedAndWaited`] (protocol version 2).
+    AppendAndWait {
+        /// The depot's name.
+        depot: String,
+        /// The records' envelopes.
+        records: Vec<Vec<u8>>,
+        /// `(producer, sequence)` for an idempotent append.
+        producer: Option<(u64, u64)>,
+        /// The topology to wait for.
+        topology: String,
+        /// How long to wait at most, once the records are durable.
+        timeout_ms: u64,
+        /// Whether to answer with the records' outcomes too.
+        outcomes: bool,
     },
 }
 
@@ -155,6 +176,23 @@ pub enum Response {
     },
     /// The last frame of a `Read`.
     ReadDone,
+    /// The answer to an `AppendAndWait` whose records were appended.
+    AppendedAndWaited {
+        /// The records' positions: they are durable, whatever `visible` says.
+        records: Vec<RecordId>,
+        /// What the wait for the topology came to.
+        visible: Result<Visible, WireError>,
+    },
+}
+
+/// Records a topology has processed: the batch that did, and their outcomes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Visible {
+    /// The topology's committed batch once the last record was processed.
+    pub batch_id: u64,
+    /// When asked for: the stored outcome envelopes of the first records, in order, as many as
+    /// fit in about 1 MiB (a read chunk); the client reads the others' with `Outcome`.
+    pub outcomes: Vec<Option<Vec<u8>>>,
 }
 
 /// A refused request.

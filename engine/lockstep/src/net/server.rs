@@ -12,10 +12,10 @@ use tokio::sync::{mpsc, watch, Semaphore};
 
 use super::proto::{
     decode_payload, read_frame, read_frame_length, read_payload, write_frame, ClientFrame,
-    FrameError, Read, Request, Response, ServerFrame, WireError, WireErrorKind,
-    FRAME_BYTES_MAX_DEFAULT, PROTOCOL_VERSION,
+    FrameError, Read, Request, Response, ServerFrame, Visible, WireError, WireErrorKind,
+    FRAME_BYTES_MAX_DEFAULT, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
 };
-use crate::{Engine, Error};
+use crate::{Engine, Error, RecordId};
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -262,9 +262,10 @@ async fn serve_connection(
     let refusal = match hello {
         Err(_) => Some("handshake timed out".to_string()),
         Ok(Ok(Some(ClientFrame::Hello { protocol, token }))) => {
-            if protocol != PROTOCOL_VERSION {
+            if !(PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION).contains(&protocol) {
                 Some(format!(
-                    "protocol version {protocol} is not supported (server speaks {PROTOCOL_VERSION})"
+                    "protocol version {protocol} is not supported (server speaks \
+                     {PROTOCOL_VERSION_MIN} to {PROTOCOL_VERSION})"
                 ))
             } else if !token_accepted(config.token.as_deref(), token.as_deref()) {
                 Some("authentication failed: wrong or missing token".to_string())
@@ -420,12 +421,109 @@ async fn handle(
             .await
         }
         Request::Read { reads } => return stream_reads(id, reads, engine, config, writer).await,
+        Request::AppendAndWait {
+            depot,
+            records,
+            producer,
+            topology,
+            timeout_ms,
+            outcomes,
+        } => {
+            let timeout = Duration::from_millis(timeout_ms).min(config.wait_max);
+            let wait = Wait {
+                topology,
+                timeout,
+                outcomes,
+            };
+            append_and_wait(engine, &depot, records, producer, wait).await
+        }
     };
     let frame = ServerFrame::Response {
         id,
         result: result.map_err(|e| wire_error(&e)),
     };
     send(writer, &frame, config).await
+}
+
+/// The wait half of an `AppendAndWait`.
+struct Wait {
+    topology: String,
+    timeout: Duration,
+    outcomes: bool,
+}
+
+/// Appends `records`, waits for the topology to process them and reads their outcomes if
+/// asked. Fails only when nothing was appended; a failed wait is part of the answer, with the
+/// positions.
+async fn append_and_wait(
+    engine: &Arc<Engine>,
+    depot: &str,
+    records: Vec<Vec<u8>>,
+    producer: Option<(u64, u64)>,
+    wait: Wait,
+) -> Result<Response, Error> {
+    let Wait {
+        topology,
+        timeout,
+        outcomes,
+    } = wait;
+    // A topology that will never process the records would leave the caller with records
+    // appended and a wait that cannot succeed: refuse before writing.
+    engine.check_consumes(&topology, depot)?;
+    let appended = engine.append_encoded(depot, records, producer).await?;
+    let visible = match appended.last() {
+        // Records of one call are processed in append order: the last one is enough.
+        Some(last) => match engine.wait_for_async(&topology, *last, timeout).await {
+            Ok(batch_id) if outcomes => Ok(Visible {
+                batch_id,
+                outcomes: read_outcomes(engine, topology, appended.clone()).await,
+            }),
+            Ok(batch_id) => Ok(Visible {
+                batch_id,
+                outcomes: Vec::new(),
+            }),
+            Err(e) => Err(wire_error(&e)),
+        },
+        None => engine
+            .subscribe(&topology)
+            .map(|commits| Visible {
+                batch_id: *commits.borrow(),
+                outcomes: Vec::new(),
+            })
+            .map_err(|e| wire_error(&e)),
+    };
+    Ok(Response::AppendedAndWaited {
+        records: appended,
+        visible,
+    })
+}
+
+/// The outcomes of the first `records`, in order, up to about [`READ_CHUNK_BYTES`]; fewer (even
+/// none) if one cannot be read: the client reads those one by one and hears why.
+async fn read_outcomes(
+    engine: &Arc<Engine>,
+    topology: String,
+    records: Vec<RecordId>,
+) -> Vec<Option<Vec<u8>>> {
+    let engine = engine.clone();
+    blocking(move || {
+        let snapshot = engine.snapshot()?;
+        let mut outcomes = Vec::with_capacity(records.len());
+        let mut bytes = 0;
+        for record in records {
+            let Ok(outcome) = snapshot.raw_outcome(&topology, record) else {
+                break;
+            };
+            bytes += outcome.as_ref().map_or(0, Vec::len);
+            if bytes > READ_CHUNK_BYTES {
+                break;
+            }
+            outcomes.push(outcome);
+        }
+        Ok(outcomes)
+    })
+    .await
+    .unwrap_or_default()
 }
 
 async fn blocking<T: Send + 'static>(
