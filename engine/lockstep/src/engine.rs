@@ -1116,22 +1116,30 @@ impl Engine {
         receiver.await.map_err(|_| Error::Closed)?
     }
 
-    /// Checks that `topology` consumes `depot`, so that waiting for the topology to process
-    /// the depot's records can succeed: the server checks this before an append-and-wait
-    /// writes anything.
+    /// Checks that `topology` consumes `depot` and has not stopped, so that waiting for it to
+    /// process the depot's records can succeed: the server checks this before an
+    /// append-and-wait writes anything. (The topology may still stop after the check.)
     #[cfg(feature = "net")]
     pub(crate) fn check_consumes(&self, topology: &str, depot: &str) -> Result<(), Error> {
         let state = self.shared.topology(topology)?;
-        if !self.shared.depots.contains_key(depot) {
-            return Err(Error::UnknownDepot(depot.to_string()));
-        }
-        if state.inputs.iter().any(|input| input.spec.name == depot) {
-            Ok(())
-        } else {
-            Err(Error::NotConsumed {
+        let depot_id = self
+            .shared
+            .depots
+            .get(depot)
+            .ok_or_else(|| Error::UnknownDepot(depot.to_string()))?
+            .id;
+        if !state.inputs.iter().any(|input| input.id == depot_id) {
+            return Err(Error::NotConsumed {
                 topology: topology.to_string(),
                 depot: depot.to_string(),
-            })
+            });
+        }
+        match &lock(&state.progress).stopped {
+            Some(reason) => Err(Error::TopologyStopped {
+                topology: topology.to_string(),
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
         }
     }
 

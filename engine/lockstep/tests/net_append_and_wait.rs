@@ -1,7 +1,8 @@
 //! `Client::append_and_wait` and `append_and_wait_for` over the server's one-round-trip
-//! request: positions, batch and (if asked) outcomes in one answer; a topology that would never process the records is refused before
+//! request: positions, batch and (if asked) outcomes in one answer, the outcomes past half a
+//! frame read one by one; a topology that would never process the records is refused before
 //! anything is written; a wait that fails after the append says where the records are; an
-//! older client's protocol version is still accepted.
+//! older client's protocol version is still accepted and answered in kind.
 
 mod common;
 
@@ -10,8 +11,8 @@ use std::time::Duration;
 
 use common::{ledger, stored_records, Op};
 use lockstep::net::{
-    read_frame, write_frame, Client, ClientConfig, ClientError, ClientFrame, Server, ServerConfig,
-    ServerFrame, WireErrorKind, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
+    read_frame, write_frame, Client, ClientConfig, ClientError, ClientFrame, Request, Response,
+    Server, ServerConfig, ServerFrame, WireErrorKind, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
 };
 use lockstep::{Depot, Engine, EngineOptions};
 use tokio::io::{AsyncWriteExt, BufReader};
@@ -196,16 +197,26 @@ async fn a_failed_wait_says_where_the_appended_records_are() {
             Duration::from_millis(50),
         )
         .await;
-    let Err(ClientError::NotVisible { records, error }) = failed else {
-        panic!("expected NotVisible, got {failed:?}");
+    let Err(ClientError::AfterAppend { records, error }) = failed else {
+        panic!("expected AfterAppend, got {failed:?}");
     };
-    assert_eq!(error.kind, WireErrorKind::Timeout);
+    assert!(
+        matches!(*error, ClientError::Server(ref e) if e.kind == WireErrorKind::Timeout),
+        "{error:?}"
+    );
     assert_eq!(records.len(), 2);
     assert_eq!(
         stored_records(&served.engine, &ledger),
         2,
         "the records are durable"
     );
+    // The call was answered: its sequence is spent, and the next call is a new one.
+    let next = client
+        .append(&ledger.ops, &[op(3)])
+        .await
+        .expect("next append");
+    assert!(!records.contains(&next[0]));
+    assert_eq!(stored_records(&served.engine, &ledger), 3);
 
     served
         .engine
@@ -257,8 +268,8 @@ async fn older_clients_are_accepted_and_unknown_versions_refused() {
     for protocol in [PROTOCOL_VERSION_MIN, PROTOCOL_VERSION] {
         let reply = handshake(&served.address, protocol).await;
         assert!(
-            matches!(reply, ServerFrame::Welcome { protocol: p, .. } if p == PROTOCOL_VERSION),
-            "version {protocol}: {reply:?}"
+            matches!(reply, ServerFrame::Welcome { protocol: p, .. } if p == protocol),
+            "version {protocol} is answered in kind: {reply:?}"
         );
     }
     for protocol in [PROTOCOL_VERSION_MIN - 1, PROTOCOL_VERSION + 1] {
@@ -271,4 +282,105 @@ async fn older_clients_are_accepted_and_unknown_versions_refused() {
 
     let _ = served.stop.send(());
     served.serving.await.expect("join").expect("serve");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_come_inline_up_to_half_a_frame_and_the_client_reads_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = ledger(2);
+    let engine = common::open(dir.path(), &ledger, EngineOptions::default()).expect("open");
+    let engine = Arc::new(engine);
+    let mut config = ServerConfig::default();
+    config.listen = ([127, 0, 0, 1], 0).into();
+    // Room for a few dozen of the ledger's outcomes in half a frame.
+    config.frame_bytes_max = 4096;
+    let server = Server::bind(engine.clone(), config).await.expect("bind");
+    let address = server.local_addr().expect("addr").to_string();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+
+    // On the wire: one answer, with the positions of all and the outcomes of the first.
+    let ops: Vec<Op> = (0..100).map(|i| op(i % 10)).collect();
+    let stream = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connect");
+    let (read_half, mut write_half) = stream.into_split();
+    let mut reader = BufReader::new(read_half);
+    let hello = ClientFrame::Hello {
+        protocol: PROTOCOL_VERSION,
+        token: None,
+    };
+    write_frame(&mut write_half, &hello, 4096)
+        .await
+        .expect("hello");
+    let request = ClientFrame::Request {
+        id: 1,
+        request: Request::AppendAndWait {
+            depot: "ops".to_string(),
+            records: ops
+                .iter()
+                .map(|op| ledger.ops.encode(op).expect("encode"))
+                .collect(),
+            producer: None,
+            topology: common::TOPOLOGY.to_string(),
+            timeout_ms: 10_000,
+            outcomes: true,
+        },
+    };
+    write_frame(&mut write_half, &request, 4096)
+        .await
+        .expect("request");
+    write_half.flush().await.expect("flush");
+    let welcome = read_frame::<_, ServerFrame>(&mut reader, 4096).await;
+    assert!(
+        matches!(welcome, Ok(Some(ServerFrame::Welcome { .. }))),
+        "{welcome:?}"
+    );
+    let answer = read_frame::<_, ServerFrame>(&mut reader, 4096)
+        .await
+        .expect("answer")
+        .expect("a frame");
+    let ServerFrame::Response {
+        id: 1,
+        result:
+            Ok(Response::AppendedAndWaited {
+                records,
+                visible: Ok(visible),
+            }),
+    } = answer
+    else {
+        panic!("unexpected answer {answer:?}");
+    };
+    assert_eq!(records.len(), 100);
+    let inline = visible.outcomes.len();
+    assert!(
+        (10..100).contains(&inline),
+        "{inline} outcomes inline: some, not all"
+    );
+    assert!(visible.outcomes.iter().all(Option::is_some));
+
+    // Through the client: every outcome, the ones past the inline part read one by one.
+    let mut client = client(&address).await;
+    let answers = client
+        .append_and_wait::<_, i64>(&ledger.ops, &ops, common::TOPOLOGY, Duration::from_secs(10))
+        .await
+        .expect("append and wait");
+    assert_eq!(answers.len(), 100);
+    // Each key got 10 adds in the raw call; these are its 11th to 20th.
+    let mut expected = std::collections::BTreeMap::new();
+    for (op, (_, outcome)) in ops.iter().zip(&answers) {
+        let total = expected.entry(op.key).or_insert(10);
+        *total += 1;
+        assert_eq!(
+            outcome.as_ref().map(|o| o.value),
+            Some(*total),
+            "key {}",
+            op.key
+        );
+    }
+
+    let _ = stop.send(());
+    serving.await.expect("join").expect("serve");
 }

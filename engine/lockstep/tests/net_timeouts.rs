@@ -1,7 +1,8 @@
 //! Connections that go quiet: the server closes idle connections and the client resends on a
 //! new one; a half-open connection (a black hole in between) cannot hold a client call past
-//! its request timeout; a request larger than the server's whole request budget is still
-//! served rather than waiting forever.
+//! its request timeout, and an append (or append-and-wait) whose answer it swallowed is resent
+//! and stored once; a request larger than the server's whole request budget is still served
+//! rather than waiting forever.
 
 mod common;
 
@@ -241,4 +242,50 @@ async fn a_request_larger_than_the_whole_budget_is_still_served() {
     .expect("not stuck waiting for budget")
     .expect("append");
     assert_eq!(ids.len(), ops.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_and_wait_whose_answer_is_lost_is_resent_and_stored_once() {
+    let running = serve(server_config()).await;
+    let black_hole = Arc::new(BlackHole::default());
+    let address = proxy(running.address.clone(), black_hole.clone()).await;
+    let mut client = Client::connect(
+        &address,
+        client_config(Duration::from_millis(300), Duration::from_secs(20)),
+    )
+    .await
+    .expect("connect");
+
+    // The records are appended and processed, and the answer is lost: the resend (same
+    // producer sequence) must get the same positions back, not append the records again.
+    black_hole.answers.store(true, Ordering::Release);
+    let healer = {
+        let black_hole = black_hole.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+            black_hole.answers.store(false, Ordering::Release);
+        })
+    };
+    let (ids, _batch_id) = client
+        .append_and_wait_for(
+            &running.ledger.ops,
+            &[op(9)],
+            common::TOPOLOGY,
+            Duration::from_millis(500),
+        )
+        .await
+        .expect("the call outlives the black hole");
+    healer.await.expect("healer");
+    let stored: Vec<(u64, Op)> = running
+        .engine
+        .read_depot(&running.ledger.ops, ids[0].partition, 0, usize::MAX)
+        .expect("read depot")
+        .into_iter()
+        .filter(|(_, stored)| stored.key == 9)
+        .collect();
+    assert_eq!(stored.len(), 1, "resent, but stored once");
+    assert_eq!(
+        stored[0].0, ids[0].offset,
+        "the answer names the stored record"
+    );
 }

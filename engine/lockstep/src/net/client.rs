@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 
 use super::proto::{
     read_frame, write_frame, ClientFrame, FrameError, Read, Request, Response, ServerFrame,
-    Visible, WireError, FRAME_BYTES_MAX_DEFAULT, PROTOCOL_VERSION,
+    Visible, WireError, WireErrorKind, FRAME_BYTES_MAX_DEFAULT, PROTOCOL_VERSION,
 };
 use crate::{Depot, RecordId};
 
@@ -27,9 +27,9 @@ pub struct ClientConfig {
     pub frame_bytes_max: usize,
     /// Limit on one connection attempt.
     pub connect_timeout: Duration,
-    /// How long to wait for any frame of an answer (beyond the wait a `wait_for` asks for)
-    /// before the connection is deemed dead and the call retried, so a half-open connection
-    /// cannot hold a call forever. A call lasts at most about `retry_for` plus one attempt
+    /// How long to wait for any frame of an answer (beyond the wait a `wait_for` or an
+    /// `append_and_wait` asks for) before the connection is deemed dead and the call retried,
+    /// so a half-open connection cannot hold a call forever. A call lasts at most about `retry_for` plus one attempt
     /// (`request_timeout` plus the asked wait), plus one resend on a new connection when a
     /// connection kept from an earlier call turns out closed.
     pub request_timeout: Duration,
@@ -66,15 +66,16 @@ pub enum ClientError {
     #[error("protocol error: {0}")]
     Protocol(String),
     /// [`Client::append_and_wait`] or [`Client::append_and_wait_for`] appended the records
-    /// (they are durable at these positions)
-    /// but the wait for the topology failed: it timed out, the topology stopped, or the engine
-    /// closed. Calling it again would append them again; wait with [`Client::wait_for`].
-    #[error("appended {} records, but the wait for them failed: {error}", records.len())]
-    NotVisible {
+    /// (they are durable at these positions), and then failed: the wait for the topology (it
+    /// timed out, the topology stopped, the engine closed) or reading the outcomes. Calling it
+    /// again would append the records again: wait for them ([`Client::wait_for`]) or read
+    /// their outcomes ([`Client::outcome`]) instead.
+    #[error("appended {} records, then: {error}", records.len())]
+    AfterAppend {
         /// Where the records are.
         records: Vec<RecordId>,
-        /// Why the wait failed.
-        error: WireError,
+        /// What failed after the append.
+        error: Box<ClientError>,
     },
     /// A record, key or value did not encode or decode.
     #[error("codec: {0}")]
@@ -342,7 +343,7 @@ impl Client {
                             return Attempt::Done(Ok(responses));
                         }
                     }
-                    Err(error) if error.kind == super::WireErrorKind::Unavailable => {
+                    Err(error) if error.kind == WireErrorKind::Unavailable => {
                         // The engine is poisoned or closing: a restarted server may take it.
                         return Attempt::Retry(error.to_string());
                     }
@@ -362,7 +363,12 @@ impl Client {
                 }
                 Ok(None) => return Attempt::Closed("server closed the connection".to_string()),
                 Err(FrameError::Io(e)) => return Attempt::Closed(e.to_string()),
-                Err(e) => return Attempt::Done(Err(ClientError::Protocol(e.to_string()))),
+                Err(e) => {
+                    // An answer over this client's frame limit, or one that does not decode:
+                    // what follows on the stream cannot be trusted to start a frame.
+                    self.connection = None;
+                    return Attempt::Done(Err(ClientError::Protocol(e.to_string())));
+                }
             }
         }
     }
@@ -415,7 +421,7 @@ impl Client {
         let request = Request::WaitFor {
             topology: topology.to_string(),
             record,
-            timeout_ms: timeout.as_millis() as u64,
+            timeout_ms: duration_ms(timeout),
         };
         match self.call(request).await?.pop() {
             Some(Response::Waited { batch_id }) => Ok(batch_id),
@@ -468,12 +474,21 @@ impl Client {
             .await?;
         let mut outcomes = visible.outcomes.into_iter();
         let mut answers = Vec::with_capacity(appended.len());
-        for id in appended {
+        for index in 0..appended.len() {
+            let id = appended[index];
             let outcome = match outcomes.next() {
-                Some(envelope) => decode_outcome(envelope)?,
-                None => self.outcome(topology, id).await?,
+                Some(envelope) => decode_outcome(envelope),
+                None => self.outcome(topology, id).await,
             };
-            answers.push((id, outcome));
+            match outcome {
+                Ok(outcome) => answers.push((id, outcome)),
+                Err(error) => {
+                    return Err(ClientError::AfterAppend {
+                        records: appended,
+                        error: Box::new(error),
+                    })
+                }
+            }
         }
         Ok(answers)
     }
@@ -498,6 +513,8 @@ impl Client {
         Ok((appended, visible.batch_id))
     }
 
+    /// Sends an `AppendAndWait`; once the records are appended, every failure is
+    /// [`ClientError::AfterAppend`].
     async fn append_waiting<T>(
         &mut self,
         depot: &Depot<T>,
@@ -514,21 +531,44 @@ impl Client {
             records: encode_records(depot, records)?,
             producer: Some((self.producer, self.next_sequence)),
             topology: topology.to_string(),
-            timeout_ms: timeout.as_millis().min(u128::from(u64::MAX)) as u64,
+            timeout_ms: duration_ms(timeout),
             outcomes,
         };
-        match self.call_appending(request).await? {
+        let (appended, error) = match self.call_appending(request).await? {
             Response::AppendedAndWaited {
                 records,
                 visible: Ok(visible),
-            } => Ok((records, visible)),
+            } => return Ok((records, visible)),
             Response::AppendedAndWaited {
                 records,
                 visible: Err(error),
-            } => Err(ClientError::NotVisible { records, error }),
-            other => Err(ClientError::Protocol(format!(
-                "unexpected answer {other:?}"
-            ))),
+            } => (records, error),
+            other => {
+                return Err(ClientError::Protocol(format!(
+                    "unexpected answer {other:?}"
+                )))
+            }
+        };
+        // The engine closed during the wait: as a plain `wait_for` would, keep waiting, through
+        // the restart, within this client's retry budget.
+        let waited = match appended.last() {
+            Some(last) if error.kind == WireErrorKind::Unavailable => {
+                self.wait_for(topology, *last, timeout).await
+            }
+            _ => Err(ClientError::Server(error)),
+        };
+        match waited {
+            Ok(batch_id) => Ok((
+                appended,
+                Visible {
+                    batch_id,
+                    outcomes: Vec::new(),
+                },
+            )),
+            Err(error) => Err(ClientError::AfterAppend {
+                records: appended,
+                error: Box::new(error),
+            }),
         }
     }
 
@@ -603,6 +643,7 @@ impl Client {
     }
 }
 
+/// The records' envelopes, as the depot encodes them.
 fn encode_records<T>(depot: &Depot<T>, records: &[T]) -> Result<Vec<Vec<u8>>, ClientError>
 where
     T: Serialize + DeserializeOwned + Send + 'static,
@@ -627,4 +668,9 @@ fn decode_outcome<O: DeserializeOwned>(
     let (batch_id, value): (u64, O) =
         lockstep_core::decode_envelope(&bytes).map_err(|e| ClientError::Codec(e.to_string()))?;
     Ok(Some(crate::Outcome { batch_id, value }))
+}
+
+/// `duration` in whole milliseconds, saturating.
+fn duration_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }

@@ -6,7 +6,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::RecordId;
 
-/// The protocol version this release speaks. Version 2 added [`Request::AppendAndWait`].
+/// The protocol version this release speaks. Version 2 added [`Request::AppendAndWait`]. A
+/// client speaks its own version and an older server refuses it at the handshake: upgrade
+/// servers before clients.
 pub const PROTOCOL_VERSION: u32 = 2;
 /// The oldest version the server still accepts: a later version only adds requests, so an
 /// older client's requests all mean what they meant. The handshake refuses any other.
@@ -33,8 +35,9 @@ pub enum ClientFrame {
     },
 }
 
-/// A request.
+/// A request. New versions of the protocol add variants at the end.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Request {
     /// Append encoded records (depot envelopes) to a depot, optionally idempotently.
     Append {
@@ -80,7 +83,8 @@ pub enum Request {
         producer: Option<(u64, u64)>,
         /// The topology to wait for.
         topology: String,
-        /// How long to wait at most, once the records are durable.
+        /// How long to wait at most, once the records are durable (the server caps it at its
+        /// `wait_max`).
         timeout_ms: u64,
         /// Whether to answer with the records' outcomes too.
         outcomes: bool,
@@ -121,7 +125,7 @@ pub enum Read {
 pub enum ServerFrame {
     /// Accepts the handshake.
     Welcome {
-        /// The server's protocol version.
+        /// The protocol version of the connection: the client's.
         protocol: u32,
         /// The server's name and version.
         server: String,
@@ -140,8 +144,9 @@ pub enum ServerFrame {
     },
 }
 
-/// A successful answer.
+/// A successful answer. New versions of the protocol add variants at the end.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Response {
     /// The records are durable at these positions.
     Appended(Vec<RecordId>),
@@ -191,7 +196,8 @@ pub struct Visible {
     /// The topology's committed batch once the last record was processed.
     pub batch_id: u64,
     /// When asked for: the stored outcome envelopes of the first records, in order, as many as
-    /// fit in about 1 MiB (a read chunk); the client reads the others' with `Outcome`.
+    /// fit in about 1 MiB (a read chunk) and half the server's frame limit; the client reads
+    /// the others' with `Outcome`.
     pub outcomes: Vec<Option<Vec<u8>>>,
 }
 

@@ -31,7 +31,7 @@ pub struct ServerConfig {
     pub connections_max: usize,
     /// How long a new connection has to complete its handshake.
     pub handshake_timeout: Duration,
-    /// Longest wait a `WaitFor` may ask for.
+    /// Longest wait a `WaitFor` or an `AppendAndWait` may ask for.
     pub wait_max: Duration,
     /// How long shutdown waits for connections to finish their current request.
     pub shutdown_grace: Duration,
@@ -81,6 +81,8 @@ const READ_CHUNK_ENTRIES: usize = 1024;
 /// Bytes per `ReadEntries` frame, about: a chunk closes once it passes this, well under the
 /// frame limit.
 const READ_CHUNK_BYTES: usize = 1 << 20;
+/// Wire bytes an outcome in an `AppendedAndWaited` takes beyond its envelope, at most.
+const OUTCOME_FRAMING_BYTES: usize = 16;
 /// Largest handshake frame: a stranger gets no large buffer before it has authenticated.
 const HELLO_BYTES_MAX: usize = 4096;
 
@@ -259,9 +261,12 @@ async fn serve_connection(
         read_frame::<_, ClientFrame>(&mut reader, HELLO_BYTES_MAX),
     )
     .await;
+    // The client's version, once accepted: the server answers in it.
+    let mut agreed = PROTOCOL_VERSION;
     let refusal = match hello {
         Err(_) => Some("handshake timed out".to_string()),
         Ok(Ok(Some(ClientFrame::Hello { protocol, token }))) => {
+            agreed = protocol;
             if !(PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION).contains(&protocol) {
                 Some(format!(
                     "protocol version {protocol} is not supported (server speaks \
@@ -285,7 +290,7 @@ async fn serve_connection(
         return;
     }
     let welcome = ServerFrame::Welcome {
-        protocol: PROTOCOL_VERSION,
+        protocol: agreed,
         server: format!("lockstep {}", env!("CARGO_PKG_VERSION")),
     };
     if send(&mut writer, &welcome, &config).await.is_err() {
@@ -434,6 +439,8 @@ async fn handle(
                 topology,
                 timeout,
                 outcomes,
+                // Half a frame at most, so that the positions and the rest of the answer fit.
+                outcome_bytes_max: READ_CHUNK_BYTES.min(config.frame_bytes_max / 2),
             };
             append_and_wait(engine, &depot, records, producer, wait).await
         }
@@ -450,6 +457,7 @@ struct Wait {
     topology: String,
     timeout: Duration,
     outcomes: bool,
+    outcome_bytes_max: usize,
 }
 
 /// Appends `records`, waits for the topology to process them and reads their outcomes if
@@ -466,6 +474,7 @@ async fn append_and_wait(
         topology,
         timeout,
         outcomes,
+        outcome_bytes_max,
     } = wait;
     // A topology that will never process the records would leave the caller with records
     // appended and a wait that cannot succeed: refuse before writing.
@@ -476,7 +485,8 @@ async fn append_and_wait(
         Some(last) => match engine.wait_for_async(&topology, *last, timeout).await {
             Ok(batch_id) if outcomes => Ok(Visible {
                 batch_id,
-                outcomes: read_outcomes(engine, topology, appended.clone()).await,
+                outcomes: read_outcomes(engine, topology, appended.clone(), outcome_bytes_max)
+                    .await,
             }),
             Ok(batch_id) => Ok(Visible {
                 batch_id,
@@ -498,12 +508,13 @@ async fn append_and_wait(
     })
 }
 
-/// The outcomes of the first `records`, in order, up to about [`READ_CHUNK_BYTES`]; fewer (even
+/// The outcomes of the first `records`, in order, up to `bytes_max` on the wire; fewer (even
 /// none) if one cannot be read: the client reads those one by one and hears why.
 async fn read_outcomes(
     engine: &Arc<Engine>,
     topology: String,
     records: Vec<RecordId>,
+    bytes_max: usize,
 ) -> Vec<Option<Vec<u8>>> {
     let engine = engine.clone();
     blocking(move || {
@@ -514,8 +525,9 @@ async fn read_outcomes(
             let Ok(outcome) = snapshot.raw_outcome(&topology, record) else {
                 break;
             };
-            bytes += outcome.as_ref().map_or(0, Vec::len);
-            if bytes > READ_CHUNK_BYTES {
+            // The envelope, and a generous allowance for its option tag and length prefix.
+            bytes += outcome.as_ref().map_or(0, Vec::len) + OUTCOME_FRAMING_BYTES;
+            if bytes > bytes_max {
                 break;
             }
             outcomes.push(outcome);
