@@ -118,7 +118,10 @@ pub struct EngineOptions {
     /// reads of absent keys, filling and refreshing the cache cost more than it saved (the
     /// component scaling run was 1.3–1.5× faster without it at 100k and 1M components; see
     /// BENCHMARKS.md). It can pay for a topology that re-reads a hot set much smaller than
-    /// its state, whose reads miss the memtables.
+    /// its state, whose reads miss the memtables, and for the tail latency under a steady
+    /// load, once flushes have moved state out of the memtables: at 64 MiB it cut the
+    /// component benchmark's p99 1.5–3× in 15-second runs (BENCHMARKS.md, *Latency in steady
+    /// state*).
     pub state_cache_bytes_max: usize,
     /// Bytes of RocksDB's cache of uncompressed table blocks, shared by the depots, the
     /// PStates and the catalog. Reads of state that has left the memtables for table files
