@@ -74,9 +74,10 @@ impl StateCache {
     ///
     /// Most written keys are not cached (outcomes, and state no handler has read lately), so
     /// they are looked up by reference first: copying every written key and value only to
-    /// have `replace` decline it made the cache cost the committer a third more time. Checking
-    /// and then replacing is not racy: no reader fills a key this commit wrote until it returns
-    /// (see the module doc).
+    /// have `replace` decline it was a quarter to a third of what the cache added to the
+    /// committer's time. Checking and then replacing is not racy: no reader fills a key this
+    /// commit wrote until it returns (see the module doc), and an entry evicted in between
+    /// makes `replace` decline, leaving nothing stale.
     pub(crate) fn apply(&self, writes: &[WriteSet]) {
         for (key, value) in writes.iter().flatten() {
             if !self.entries.contains_key(key.as_ref()) {

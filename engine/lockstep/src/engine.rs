@@ -119,9 +119,9 @@ pub struct EngineOptions {
     /// component scaling run was 1.3–1.5× faster without it at 100k and 1M components; see
     /// BENCHMARKS.md). It can pay for a topology that re-reads a hot set much smaller than
     /// its state, whose reads miss the memtables, and for the tail latency under a steady
-    /// load, once flushes have moved state out of the memtables: at 64 MiB it cut the
-    /// component benchmark's p99 1.5–3× in 15-second runs (BENCHMARKS.md, *Latency in steady
-    /// state*).
+    /// load, once the memtables have grown and flushed: at 64 MiB it cut the component
+    /// benchmark's p99 1.5–4.7× in all but one comparison of 15-second runs (BENCHMARKS.md,
+    /// *Latency in steady state*).
     pub state_cache_bytes_max: usize,
     /// Bytes of RocksDB's cache of uncompressed table blocks, shared by the depots, the
     /// PStates and the catalog. Reads of state that has left the memtables for table files
@@ -1136,6 +1136,13 @@ impl Engine {
                 topology: topology.to_string(),
                 depot: depot.to_string(),
             });
+        }
+        // As in `verdict`: a failed commit poisons the engine and then stops the topology, and
+        // the caller should hear the poison (worth a retry against a restarted server), not
+        // the stop.
+        self.shared.poison.check()?;
+        if self.shared.shutdown.load(Ordering::Acquire) {
+            return Err(Error::Closed);
         }
         match &lock(&state.progress).stopped {
             Some(reason) => Err(Error::TopologyStopped {

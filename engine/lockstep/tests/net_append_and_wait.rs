@@ -1,8 +1,9 @@
 //! `Client::append_and_wait` and `append_and_wait_for` over the server's one-round-trip
 //! request: positions, batch and (if asked) outcomes in one answer, the outcomes past half a
 //! frame read one by one; a topology that would never process the records is refused before
-//! anything is written; a wait that fails after the append says where the records are; an
-//! older client's protocol version is still accepted and answered in kind.
+//! anything is written (a stopped topology too); a wait that fails after the append says
+//! where the records are; an older client's protocol version is still accepted and answered
+//! in kind.
 
 mod common;
 
@@ -14,7 +15,7 @@ use lockstep::net::{
     read_frame, write_frame, Client, ClientConfig, ClientError, ClientFrame, Request, Response,
     Server, ServerConfig, ServerFrame, WireErrorKind, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
 };
-use lockstep::{Depot, Engine, EngineOptions};
+use lockstep::{Depot, Engine, EngineOptions, NoMessages, TopologyBuilder};
 use tokio::io::{AsyncWriteExt, BufReader};
 
 fn op(key: u32) -> Op {
@@ -292,8 +293,9 @@ async fn outcomes_come_inline_up_to_half_a_frame_and_the_client_reads_the_rest()
     let engine = Arc::new(engine);
     let mut config = ServerConfig::default();
     config.listen = ([127, 0, 0, 1], 0).into();
-    // Room for a few dozen of the ledger's outcomes in half a frame.
-    config.frame_bytes_max = 4096;
+    // Half a frame, less 100 positions at their largest, leaves room for a few dozen of the
+    // ledger's outcomes.
+    config.frame_bytes_max = 6144;
     let server = Server::bind(engine.clone(), config).await.expect("bind");
     let address = server.local_addr().expect("addr").to_string();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -312,7 +314,7 @@ async fn outcomes_come_inline_up_to_half_a_frame_and_the_client_reads_the_rest()
         protocol: PROTOCOL_VERSION,
         token: None,
     };
-    write_frame(&mut write_half, &hello, 4096)
+    write_frame(&mut write_half, &hello, 6144)
         .await
         .expect("hello");
     let request = ClientFrame::Request {
@@ -329,16 +331,16 @@ async fn outcomes_come_inline_up_to_half_a_frame_and_the_client_reads_the_rest()
             outcomes: true,
         },
     };
-    write_frame(&mut write_half, &request, 4096)
+    write_frame(&mut write_half, &request, 6144)
         .await
         .expect("request");
     write_half.flush().await.expect("flush");
-    let welcome = read_frame::<_, ServerFrame>(&mut reader, 4096).await;
+    let welcome = read_frame::<_, ServerFrame>(&mut reader, 6144).await;
     assert!(
         matches!(welcome, Ok(Some(ServerFrame::Welcome { .. }))),
         "{welcome:?}"
     );
-    let answer = read_frame::<_, ServerFrame>(&mut reader, 4096)
+    let answer = read_frame::<_, ServerFrame>(&mut reader, 6144)
         .await
         .expect("answer")
         .expect("a frame");
@@ -383,4 +385,72 @@ async fn outcomes_come_inline_up_to_half_a_frame_and_the_client_reads_the_rest()
 
     let _ = stop.send(());
     serving.await.expect("join").expect("serve");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_topology_fails_the_wait_and_then_refuses_before_appending() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let events = Depot::<u32>::hashed("events", 4, |e| *e).expect("depot");
+    let mut builder = TopologyBuilder::<NoMessages>::new("sloppy", 4);
+    let state = builder.pstate::<u32, u32>("sloppy-state");
+    let handle = state.clone();
+    builder.consume(&events, move |ctx, event: u32| {
+        ctx.put(&handle, &event, &1)?;
+        // Also a key that may hash to another partition: a contract violation that fails the
+        // batch and stops the topology.
+        ctx.put(&handle, &(event + 1_000), &1)
+    });
+    let engine = Engine::builder(dir.path())
+        .depot(&events)
+        .topology(builder.build().expect("topology"))
+        .open()
+        .expect("open");
+    let misplaced = (0..100u32)
+        .find(|&e| {
+            state.partition_of(&e).expect("encodes")
+                != state.partition_of(&(e + 1_000)).expect("encodes")
+        })
+        .expect("some key pair lands on two partitions");
+    let served = serve(engine).await;
+    let mut client = client(&served.address).await;
+
+    let failed = client
+        .append_and_wait_for(&events, &[misplaced], "sloppy", Duration::from_secs(10))
+        .await;
+    let Err(ClientError::AfterAppend { records, error }) = failed else {
+        panic!("expected AfterAppend, got {failed:?}");
+    };
+    assert!(
+        matches!(*error, ClientError::Server(ref e) if e.kind == WireErrorKind::Stopped),
+        "{error:?}"
+    );
+    let stored = |engine: &Engine| -> usize {
+        (0..4)
+            .map(|p| {
+                engine
+                    .read_depot(&events, p, 0, usize::MAX)
+                    .expect("read")
+                    .len()
+            })
+            .sum()
+    };
+    assert_eq!(stored(&served.engine), 1);
+    assert_eq!(records.len(), 1);
+
+    // Now the topology is known to have stopped: refused before anything is written.
+    let refused = client
+        .append_and_wait_for(&events, &[misplaced + 1], "sloppy", Duration::from_secs(10))
+        .await;
+    assert!(
+        matches!(refused, Err(ClientError::Server(ref e)) if e.kind == WireErrorKind::Stopped),
+        "{refused:?}"
+    );
+    assert_eq!(
+        stored(&served.engine),
+        1,
+        "nothing appended for a stopped topology"
+    );
+
+    let _ = served.stop.send(());
+    served.serving.await.expect("join").expect("serve");
 }

@@ -266,6 +266,7 @@ async fn an_append_and_wait_whose_answer_is_lost_is_resent_and_stored_once() {
             black_hole.answers.store(false, Ordering::Release);
         })
     };
+    let started = Instant::now();
     let (ids, _batch_id) = client
         .append_and_wait_for(
             &running.ledger.ops,
@@ -275,6 +276,13 @@ async fn an_append_and_wait_whose_answer_is_lost_is_resent_and_stored_once() {
         )
         .await
         .expect("the call outlives the black hole");
+    // Answered only after the first attempt's answer timed out (300 ms + the 500 ms wait): so
+    // it was the resend that was answered.
+    assert!(
+        started.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        started.elapsed()
+    );
     healer.await.expect("healer");
     let stored: Vec<(u64, Op)> = running
         .engine

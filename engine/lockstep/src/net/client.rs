@@ -23,7 +23,8 @@ pub struct ClientConfig {
     pub token: Option<String>,
     /// How long a call keeps retrying through connection failures (0: one attempt).
     pub retry_for: Duration,
-    /// Largest frame sent or accepted.
+    /// Largest frame sent or accepted. Keep it at least the server's: an answer larger than
+    /// this is a `Protocol` error, after the server has acted on the request.
     pub frame_bytes_max: usize,
     /// Limit on one connection attempt.
     pub connect_timeout: Duration,
@@ -357,9 +358,11 @@ impl Client {
                     return Attempt::Done(Err(ClientError::Protocol(message)))
                 }
                 Ok(Some(other)) => {
+                    // Out of step with the server: start afresh on a new connection.
+                    self.connection = None;
                     return Attempt::Done(Err(ClientError::Protocol(format!(
                         "unexpected frame {other:?}"
-                    ))))
+                    ))));
                 }
                 Ok(None) => return Attempt::Closed("server closed the connection".to_string()),
                 Err(FrameError::Io(e)) => return Attempt::Closed(e.to_string()),
@@ -453,11 +456,14 @@ impl Client {
 
     /// Appends `records`, waits until `topology` has processed them, and returns each record's
     /// position with the outcome the topology recorded for it (if any): one round trip, and
-    /// one more per outcome beyond the first ~1 MiB of them.
+    /// one more per outcome beyond those the answer carries (up to 1 MiB of them, and half the
+    /// server's frame limit).
     ///
-    /// The topology must consume `depot`; the server checks that before appending. Idempotent
-    /// like [`append`](Self::append) until the records are appended; once they are, a failed
-    /// wait is [`ClientError::NotVisible`], with their positions.
+    /// The topology must consume `depot` and be running; the server checks that before
+    /// appending. Idempotent like [`append`](Self::append) until the records are appended;
+    /// once they are, any failure is [`ClientError::AfterAppend`], with their positions. If
+    /// the engine closes during the wait, the wait goes on as a [`wait_for`](Self::wait_for)
+    /// for the rest of `timeout`, through a restart within `retry_for`.
     pub async fn append_and_wait<T, O>(
         &mut self,
         depot: &Depot<T>,
@@ -526,6 +532,7 @@ impl Client {
     where
         T: Serialize + DeserializeOwned + Send + 'static,
     {
+        let started = Instant::now();
         let request = Request::AppendAndWait {
             depot: depot.name().to_string(),
             records: encode_records(depot, records)?,
@@ -549,11 +556,12 @@ impl Client {
                 )))
             }
         };
-        // The engine closed during the wait: as a plain `wait_for` would, keep waiting, through
-        // the restart, within this client's retry budget.
+        // The engine closed during the wait: as a plain `wait_for` would, keep waiting, for
+        // the rest of the timeout, through a restart within `retry_for`.
         let waited = match appended.last() {
             Some(last) if error.kind == WireErrorKind::Unavailable => {
-                self.wait_for(topology, *last, timeout).await
+                let rest = timeout.saturating_sub(started.elapsed());
+                self.wait_for(topology, *last, rest).await
             }
             _ => Err(ClientError::Server(error)),
         };
@@ -670,7 +678,8 @@ fn decode_outcome<O: DeserializeOwned>(
     Ok(Some(crate::Outcome { batch_id, value }))
 }
 
-/// `duration` in whole milliseconds, saturating.
+/// `duration` in milliseconds, rounded up (a wait of 0.5 ms is not a wait of none), saturating.
 fn duration_ms(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+    let ms = duration.as_nanos().div_ceil(1_000_000);
+    u64::try_from(ms).unwrap_or(u64::MAX)
 }

@@ -196,8 +196,8 @@ pub struct Visible {
     /// The topology's committed batch once the last record was processed.
     pub batch_id: u64,
     /// When asked for: the stored outcome envelopes of the first records, in order, as many as
-    /// fit in about 1 MiB (a read chunk) and half the server's frame limit; the client reads
-    /// the others' with `Outcome`.
+    /// fit in about 1 MiB (a read chunk) and in half the server's frame limit less the
+    /// positions; the client reads the others' with `Outcome`.
     pub outcomes: Vec<Option<Vec<u8>>>,
 }
 

@@ -83,6 +83,8 @@ const READ_CHUNK_ENTRIES: usize = 1024;
 const READ_CHUNK_BYTES: usize = 1 << 20;
 /// Wire bytes an outcome in an `AppendedAndWaited` takes beyond its envelope, at most.
 const OUTCOME_FRAMING_BYTES: usize = 16;
+/// Wire bytes of a `RecordId`, at most (three varints).
+const RECORD_ID_WIRE_BYTES_MAX: usize = 20;
 /// Largest handshake frame: a stranger gets no large buffer before it has authenticated.
 const HELLO_BYTES_MAX: usize = 4096;
 
@@ -266,7 +268,6 @@ async fn serve_connection(
     let refusal = match hello {
         Err(_) => Some("handshake timed out".to_string()),
         Ok(Ok(Some(ClientFrame::Hello { protocol, token }))) => {
-            agreed = protocol;
             if !(PROTOCOL_VERSION_MIN..=PROTOCOL_VERSION).contains(&protocol) {
                 Some(format!(
                     "protocol version {protocol} is not supported (server speaks \
@@ -275,6 +276,7 @@ async fn serve_connection(
             } else if !token_accepted(config.token.as_deref(), token.as_deref()) {
                 Some("authentication failed: wrong or missing token".to_string())
             } else {
+                agreed = protocol;
                 None
             }
         }
@@ -439,7 +441,7 @@ async fn handle(
                 topology,
                 timeout,
                 outcomes,
-                // Half a frame at most, so that the positions and the rest of the answer fit.
+                // Half a frame at most, less the positions, so that the answer fits.
                 outcome_bytes_max: READ_CHUNK_BYTES.min(config.frame_bytes_max / 2),
             };
             append_and_wait(engine, &depot, records, producer, wait).await
@@ -485,8 +487,14 @@ async fn append_and_wait(
         Some(last) => match engine.wait_for_async(&topology, *last, timeout).await {
             Ok(batch_id) if outcomes => Ok(Visible {
                 batch_id,
-                outcomes: read_outcomes(engine, topology, appended.clone(), outcome_bytes_max)
-                    .await,
+                outcomes: read_outcomes(
+                    engine,
+                    topology,
+                    appended.clone(),
+                    outcome_bytes_max
+                        .saturating_sub(appended.len().saturating_mul(RECORD_ID_WIRE_BYTES_MAX)),
+                )
+                .await,
             }),
             Ok(batch_id) => Ok(Visible {
                 batch_id,
