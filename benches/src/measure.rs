@@ -152,17 +152,10 @@ where
             send(c, i)?;
             mine.push(scheduled.elapsed().as_micros() as u64);
         }
-        latencies
-            .lock()
-            .map_err(|_| anyhow::anyhow!("poisoned"))?
-            .extend(mine);
+        add(&latencies, mine)?;
         Ok(())
     })?;
-    let mut all = latencies
-        .into_inner()
-        .map_err(|_| anyhow::anyhow!("poisoned"))?;
-    all.sort_unstable();
-    Ok(all)
+    sorted(latencies)
 }
 
 /// A client's share of an open-loop schedule: `per_client` commands, one every `period`, the
@@ -194,6 +187,16 @@ impl Schedule {
     }
 }
 
+/// Adds one client's latencies to everyone's.
+fn add(latencies: &std::sync::Mutex<Vec<u64>>, mine: Vec<u64>) -> anyhow::Result<()> {
+    latencies
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?
+        .extend(mine);
+    Ok(())
+}
+
+/// Everyone's latencies, ascending.
 fn sorted(latencies: std::sync::Mutex<Vec<u64>>) -> anyhow::Result<Vec<u64>> {
     let mut all = latencies
         .into_inner()
@@ -252,10 +255,7 @@ where
             let mine = waiter
                 .join()
                 .map_err(|_| anyhow::anyhow!("waiter panicked"))??;
-            latencies
-                .lock()
-                .map_err(|_| anyhow::anyhow!("poisoned"))?
-                .extend(mine);
+            add(&latencies, mine)?;
             anyhow::Ok(())
         })
     })?;
@@ -294,10 +294,7 @@ where
                 std::thread::sleep(tick);
             }
         }
-        latencies
-            .lock()
-            .map_err(|_| anyhow::anyhow!("poisoned"))?
-            .extend(mine);
+        add(&latencies, mine)?;
         Ok(())
     })?;
     sorted(latencies)

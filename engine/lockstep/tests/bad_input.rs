@@ -225,31 +225,18 @@ fn corrupt_depot_bytes_are_detected_not_read() {
 #[test]
 fn writing_another_partitions_key_fails_the_batch_and_commits_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let events = Depot::<u32>::hashed("events", 4, |e| *e).expect("depot");
-    let mut builder = TopologyBuilder::<NoMessages>::new("sloppy", 4);
-    let state = builder.pstate::<u32, u32>("sloppy-state");
-    let handle = state.clone();
-    builder.consume(&events, move |ctx, event: u32| {
-        ctx.put(&handle, &event, &1)?;
-        // Also write a key that hashes elsewhere: a contract violation.
-        ctx.put(&handle, &(event + 1_000), &1)
-    });
+    let common::Sloppy {
+        events,
+        state,
+        topology,
+    } = common::sloppy();
     let engine = Engine::builder(dir.path())
         .options(EngineOptions::manual())
         .depot(&events)
-        .topology(builder.build().expect("topology"))
+        .topology(topology)
         .open()
         .expect("open");
-    let mut misplaced = None;
-    for candidate in 0..100u32 {
-        let here = state.partition_of(&candidate).expect("encodes");
-        let there = state.partition_of(&(candidate + 1_000)).expect("encodes");
-        if here != there {
-            misplaced = Some(candidate);
-            break;
-        }
-    }
-    let candidate = misplaced.expect("some key pair lands on two partitions");
+    let candidate = common::misplaced_event(&state);
     engine.append(&events, &candidate).expect("append");
     let err = engine.run_batch("sloppy").expect_err("must fail");
     assert!(

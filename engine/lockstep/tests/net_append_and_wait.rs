@@ -15,7 +15,7 @@ use lockstep::net::{
     read_frame, write_frame, Client, ClientConfig, ClientError, ClientFrame, Request, Response,
     Server, ServerConfig, ServerFrame, WireErrorKind, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
 };
-use lockstep::{Depot, Engine, EngineOptions, NoMessages, TopologyBuilder};
+use lockstep::{Depot, Engine, EngineOptions};
 use tokio::io::{AsyncWriteExt, BufReader};
 
 fn op(key: u32) -> Op {
@@ -390,27 +390,17 @@ async fn outcomes_come_inline_up_to_half_a_frame_and_the_client_reads_the_rest()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_topology_fails_the_wait_and_then_refuses_before_appending() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let events = Depot::<u32>::hashed("events", 4, |e| *e).expect("depot");
-    let mut builder = TopologyBuilder::<NoMessages>::new("sloppy", 4);
-    let state = builder.pstate::<u32, u32>("sloppy-state");
-    let handle = state.clone();
-    builder.consume(&events, move |ctx, event: u32| {
-        ctx.put(&handle, &event, &1)?;
-        // Also a key that may hash to another partition: a contract violation that fails the
-        // batch and stops the topology.
-        ctx.put(&handle, &(event + 1_000), &1)
-    });
+    let common::Sloppy {
+        events,
+        state,
+        topology,
+    } = common::sloppy();
     let engine = Engine::builder(dir.path())
         .depot(&events)
-        .topology(builder.build().expect("topology"))
+        .topology(topology)
         .open()
         .expect("open");
-    let misplaced = (0..100u32)
-        .find(|&e| {
-            state.partition_of(&e).expect("encodes")
-                != state.partition_of(&(e + 1_000)).expect("encodes")
-        })
-        .expect("some key pair lands on two partitions");
+    let misplaced = common::misplaced_event(&state);
     let served = serve(engine).await;
     let mut client = client(&served.address).await;
 

@@ -96,6 +96,27 @@ async fn proxy(upstream: String, black_hole: Arc<BlackHole>) -> String {
     address
 }
 
+/// A server, and a client connected to it through a proxy that swallows every answer for the
+/// next second (the returned task lets them through again). The client gives up on an answer
+/// after 300 ms and retries for 20 s.
+async fn swallowing_answers_for_a_second() -> (Running, Client, tokio::task::JoinHandle<()>) {
+    let running = serve(server_config()).await;
+    let black_hole = Arc::new(BlackHole::default());
+    let address = proxy(running.address.clone(), black_hole.clone()).await;
+    let client = Client::connect(
+        &address,
+        client_config(Duration::from_millis(300), Duration::from_secs(20)),
+    )
+    .await
+    .expect("connect");
+    black_hole.answers.store(true, Ordering::Release);
+    let healer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        black_hole.answers.store(false, Ordering::Release);
+    });
+    (running, client, healer)
+}
+
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
@@ -186,26 +207,9 @@ async fn a_black_hole_cannot_hold_a_call_past_its_request_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_lost_in_a_black_hole_are_recovered_by_resending_once() {
-    let running = serve(server_config()).await;
-    let black_hole = Arc::new(BlackHole::default());
-    let address = proxy(running.address.clone(), black_hole.clone()).await;
-    let mut client = Client::connect(
-        &address,
-        client_config(Duration::from_millis(300), Duration::from_secs(20)),
-    )
-    .await
-    .expect("connect");
-
     // The request reaches the server and is made durable; its answer is lost, and so are the
     // handshakes of the reconnections, until the black hole heals.
-    black_hole.answers.store(true, Ordering::Release);
-    let healer = {
-        let black_hole = black_hole.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(1000)).await;
-            black_hole.answers.store(false, Ordering::Release);
-        })
-    };
+    let (running, mut client, healer) = swallowing_answers_for_a_second().await;
     let ids = client
         .append(&running.ledger.ops, &[op(7)])
         .await
@@ -246,26 +250,9 @@ async fn a_request_larger_than_the_whole_budget_is_still_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_append_and_wait_whose_answer_is_lost_is_resent_and_stored_once() {
-    let running = serve(server_config()).await;
-    let black_hole = Arc::new(BlackHole::default());
-    let address = proxy(running.address.clone(), black_hole.clone()).await;
-    let mut client = Client::connect(
-        &address,
-        client_config(Duration::from_millis(300), Duration::from_secs(20)),
-    )
-    .await
-    .expect("connect");
-
     // The records are appended and processed, and the answer is lost: the resend (same
     // producer sequence) must get the same positions back, not append the records again.
-    black_hole.answers.store(true, Ordering::Release);
-    let healer = {
-        let black_hole = black_hole.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(1000)).await;
-            black_hole.answers.store(false, Ordering::Release);
-        })
-    };
+    let (running, mut client, healer) = swallowing_answers_for_a_second().await;
     let started = Instant::now();
     let (ids, _batch_id) = client
         .append_and_wait_for(

@@ -15,8 +15,8 @@ use std::ops::Bound;
 use std::path::Path;
 
 use lockstep::{
-    partition_for_key, Delivery, Depot, Engine, EngineOptions, PState, RecordId, Topology,
-    TopologyBuilder,
+    partition_for_key, Delivery, Depot, Engine, EngineOptions, NoMessages, PState, RecordId,
+    Topology, TopologyBuilder,
 };
 use serde::{Deserialize, Serialize};
 
@@ -297,4 +297,40 @@ pub fn stored_records(engine: &Engine, ledger: &Ledger) -> usize {
                 .len()
         })
         .sum()
+}
+
+/// A topology ("sloppy", 4 partitions, depot "events") whose handler breaks the partition
+/// contract for some events: it writes `event` and also `event + 1000`, which may hash to
+/// another partition; such an event fails its batch.
+pub struct Sloppy {
+    pub events: Depot<u32>,
+    pub state: PState<u32, u32>,
+    pub topology: Topology,
+}
+
+pub fn sloppy() -> Sloppy {
+    let events = Depot::<u32>::hashed("events", 4, |e| *e).expect("depot");
+    let mut builder = TopologyBuilder::<NoMessages>::new("sloppy", 4);
+    let state = builder.pstate::<u32, u32>("sloppy-state");
+    let handle = state.clone();
+    builder.consume(&events, move |ctx, event: u32| {
+        ctx.put(&handle, &event, &1)?;
+        ctx.put(&handle, &(event + 1_000), &1)
+    });
+    Sloppy {
+        events,
+        state,
+        topology: builder.build().expect("topology"),
+    }
+}
+
+/// An event whose two keys in the sloppy topology's `state` land on two partitions: it fails
+/// its batch.
+pub fn misplaced_event(state: &PState<u32, u32>) -> u32 {
+    (0..100u32)
+        .find(|&e| {
+            state.partition_of(&e).expect("encodes")
+                != state.partition_of(&(e + 1_000)).expect("encodes")
+        })
+        .expect("some key pair lands on two partitions")
 }
