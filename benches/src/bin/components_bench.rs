@@ -31,6 +31,10 @@ use lockstep_topologies::components::{
 };
 use rocksdb::{WriteBatch, WriteOptions, DB};
 
+/// Latency runs shorter than this end before the engine's first memtable flush at the
+/// benchmark's rates (64 MiB memtables), so they show the engine before its steady state.
+const STEADY_LATENCY_SECONDS_MIN: f64 = 10.0;
+
 #[derive(Debug, Parser)]
 struct Args {
     /// Concurrent clients (connections) for every system.
@@ -51,7 +55,9 @@ struct Args {
     /// Commands per append call (Lockstep) and per transaction (PostgreSQL batched).
     #[arg(long, default_value_t = 100)]
     chunk: usize,
-    /// Seconds of the latency run at half of each system's peak.
+    /// Seconds of the latency run at half of each system's peak. The default is short enough
+    /// for every run to fit the full benchmark in a minute, and too short to include a
+    /// memtable flush: use 15 for the steady state.
     #[arg(long, default_value_t = 3.0)]
     latency_seconds: f64,
     /// Offer this many commands/s in every latency run instead of half of each system's peak
@@ -1058,6 +1064,14 @@ fn main() -> anyhow::Result<()> {
     }
     println!();
     println!("latency: append to outcome visible (PostgreSQL: to commit), open loop at half of each system's peak");
+    if args.latency_seconds < STEADY_LATENCY_SECONDS_MIN {
+        println!(
+            "latency runs of {} s are too short for RocksDB to flush a memtable; in steady state \
+             (--latency-seconds 15) the p99 is several times higher (BENCHMARKS.md, \
+             *Latency in steady state*)",
+            args.latency_seconds
+        );
+    }
     if let Some(pg) = pg_single_rate {
         println!(
             "lockstep embedded / postgres 1 cmd/tx: {:.1}x",
