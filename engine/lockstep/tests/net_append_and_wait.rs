@@ -2,8 +2,8 @@
 //! request: positions, batch and (if asked) outcomes in one answer, the outcomes past half a
 //! frame read one by one; a topology that would never process the records is refused before
 //! anything is written (a stopped topology too); a wait that fails after the append says
-//! where the records are; an older client's protocol version is still accepted and answered
-//! in kind.
+//! where the records are (after waiting out an engine that became unavailable); an older
+//! client's protocol version is still accepted and answered in kind.
 
 mod common;
 
@@ -15,7 +15,7 @@ use lockstep::net::{
     read_frame, write_frame, Client, ClientConfig, ClientError, ClientFrame, Request, Response,
     Server, ServerConfig, ServerFrame, WireErrorKind, PROTOCOL_VERSION, PROTOCOL_VERSION_MIN,
 };
-use lockstep::{Depot, Engine, EngineOptions};
+use lockstep::{Depot, DurableWrite, Engine, EngineOptions, StorageFaults, WriteFault};
 use tokio::io::{AsyncWriteExt, BufReader};
 
 fn op(key: u32) -> Op {
@@ -440,6 +440,62 @@ async fn a_stopped_topology_fails_the_wait_and_then_refuses_before_appending() {
         1,
         "nothing appended for a stopped topology"
     );
+
+    let _ = served.stop.send(());
+    served.serving.await.expect("join").expect("serve");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_cut_short_by_a_poisoned_engine_is_waited_out_then_names_the_positions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = ledger(2);
+    let faults = StorageFaults::new();
+    let mut options = EngineOptions::default();
+    options.storage_faults = Some(faults.clone());
+    let engine = common::open(dir.path(), &ledger, options).expect("open");
+    let served = serve(engine).await;
+    let mut config = ClientConfig::default();
+    config.retry_for = Duration::from_millis(500);
+    let mut client = Client::connect(&served.address, config)
+        .await
+        .expect("connect");
+
+    // The append is durable; the batch's commit fails and poisons the engine, so the wait
+    // is answered `Unavailable`. The client keeps waiting, as `wait_for` does, through its
+    // retry budget (a restarted server could have answered), then reports the positions.
+    faults.fail_next(DurableWrite::Commit, WriteFault::NotWritten);
+    let failed = client
+        .append_and_wait_for(
+            &ledger.ops,
+            &[op(1)],
+            common::TOPOLOGY,
+            Duration::from_secs(10),
+        )
+        .await;
+    let Err(ClientError::AfterAppend { records, error }) = failed else {
+        panic!("expected AfterAppend, got {failed:?}");
+    };
+    assert!(
+        matches!(*error, ClientError::Unreachable(_)),
+        "the fallback wait ran out of retries: {error:?}"
+    );
+    assert_eq!(records.len(), 1);
+    assert_eq!(stored_records(&served.engine, &ledger), 1);
+
+    // Poisoned before the append: refused (and retried, then given up) with nothing written.
+    let refused = client
+        .append_and_wait_for(
+            &ledger.ops,
+            &[op(2)],
+            common::TOPOLOGY,
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(ClientError::Unreachable(_))),
+        "{refused:?}"
+    );
+    assert_eq!(stored_records(&served.engine, &ledger), 1);
 
     let _ = served.stop.send(());
     served.serving.await.expect("join").expect("serve");
