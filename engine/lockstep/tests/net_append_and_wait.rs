@@ -276,7 +276,8 @@ async fn older_clients_are_accepted_and_unknown_versions_refused() {
     for protocol in [PROTOCOL_VERSION_MIN - 1, PROTOCOL_VERSION + 1] {
         let reply = handshake(&served.address, protocol).await;
         assert!(
-            matches!(reply, ServerFrame::Fatal { ref message } if message.contains("not supported")),
+            matches!(reply, ServerFrame::Fatal { ref message }
+                if message.contains("not supported")),
             "version {protocol}: {reply:?}"
         );
     }

@@ -1,8 +1,9 @@
 //! Arbitrary connections against a live server: random bytes before or after a handshake,
 //! random payloads in well-formed frames, and well-formed requests (appends, waits and
-//! append-and-waits among them) with random names, records, positions, producers and timeouts. None may panic the server (in any task), stop the
-//! topology or poison the engine, and none may change state except through appends the server
-//! accepted: afterwards the state is exactly the effect of the records the depot holds.
+//! append-and-waits among them) with random names, records, positions, producers and
+//! timeouts. None may panic the server (in any task), stop the topology or poison the engine,
+//! and none may change state except through appends the server accepted: afterwards the state
+//! is exactly the effect of the records the depot holds.
 
 mod common;
 

@@ -30,9 +30,11 @@ pub struct ClientConfig {
     pub connect_timeout: Duration,
     /// How long to wait for any frame of an answer (beyond the wait a `wait_for` or an
     /// `append_and_wait` asks for) before the connection is deemed dead and the call retried,
-    /// so a half-open connection cannot hold a call forever. A call lasts at most about `retry_for` plus one attempt
-    /// (`request_timeout` plus the asked wait), plus one resend on a new connection when a
-    /// connection kept from an earlier call turns out closed.
+    /// so a half-open connection cannot hold a call forever. A call lasts at most about
+    /// `retry_for` plus one attempt (`request_timeout` plus the asked wait), plus one resend on
+    /// a new connection when a connection kept from an earlier call turns out closed. (An
+    /// `append_and_wait` whose engine closes mid-wait makes a second such call, a `wait_for`,
+    /// for the rest of its timeout.)
     pub request_timeout: Duration,
 }
 
