@@ -1,6 +1,7 @@
 //! The network server and client: append, wait, outcomes and snapshot reads over TCP; a wrong
 //! token, garbage and oversize frames are refused without harming other connections; a client
-//! retries an append through a server restart and it is applied once.
+//! retries an append through a server restart and it is applied once; an answer over the
+//! client's frame limit fails that call only (the client drops the connection it was on).
 
 mod common;
 
@@ -240,4 +241,55 @@ async fn append_retried_through_a_restart_is_applied_once() {
     let (stop, task) = restarted.await.expect("restart");
     let _ = stop.send(());
     task.await.expect("join").expect("serve");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_over_the_clients_frame_limit_fails_that_call_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = ledger(2);
+    let engine = Arc::new(open(dir.path(), &ledger, EngineOptions::default()).expect("open"));
+    let server = Server::bind(engine.clone(), config(0, None))
+        .await
+        .expect("bind");
+    let address = server.local_addr().expect("addr").to_string();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.run(async {
+        let _ = stop_rx.await;
+    }));
+
+    // 200 keys' totals: a scan answer of a few kilobytes.
+    let mut loader = Client::connect(&address, client_config(None, Duration::from_secs(5)))
+        .await
+        .expect("connect");
+    let ops: Vec<Op> = (0..200).map(op).collect();
+    let ids = loader.append(&ledger.ops, &ops).await.expect("append");
+    loader
+        .wait_for(common::TOPOLOGY, ids[199], Duration::from_secs(10))
+        .await
+        .expect("processed");
+
+    let mut small = client_config(None, Duration::from_secs(5));
+    small.frame_bytes_max = 512;
+    let mut client = Client::connect(&address, small).await.expect("connect");
+    let read = client
+        .read(vec![Read::Scan {
+            pstate: "totals".to_string(),
+        }])
+        .await;
+    assert!(matches!(read, Err(ClientError::Protocol(_))), "{read:?}");
+    // The rest of that frame is still on its connection; the next call must not read it as
+    // an answer.
+    let next = client
+        .append(&ledger.ops, &[op(1)])
+        .await
+        .expect("the next call works");
+    assert_eq!(next.len(), 1);
+    let batch = client
+        .wait_for(common::TOPOLOGY, next[0], Duration::from_secs(10))
+        .await
+        .expect("and the one after");
+    assert!(batch >= 1);
+
+    let _ = stop_tx.send(());
+    serving.await.expect("join").expect("serve");
 }
