@@ -138,14 +138,14 @@ pub fn latency_run<F>(
 where
     F: Fn(usize, usize) -> anyhow::Result<()> + Sync,
 {
-    let period = Duration::from_secs_f64(clients as f64 / rate_per_s.max(1.0));
-    let per_client = ((seconds * rate_per_s) as usize / clients).max(1);
     let latencies = std::sync::Mutex::new(Vec::new());
     run_clients(clients, |c| {
-        let start = Instant::now() + period.mul_f64(c as f64 / clients as f64);
-        let mut mine = Vec::with_capacity(per_client);
-        for i in 0..per_client {
-            let scheduled = start + period * i as u32;
+        let mut schedule = Schedule::new(clients, rate_per_s, seconds);
+        // Clients staggered across one period, so their sends do not all fall together.
+        schedule.start += schedule.period.mul_f64(c as f64 / clients as f64);
+        let mut mine = Vec::with_capacity(schedule.per_client);
+        for i in 0..schedule.per_client {
+            let scheduled = schedule.scheduled(i);
             if let Some(wait) = scheduled.checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
             }
@@ -184,6 +184,26 @@ impl Schedule {
     /// When command `k` was due.
     fn scheduled(&self, k: usize) -> Instant {
         self.start + self.period * k as u32
+    }
+
+    /// Hands `send` each run of commands that has fallen due since the last one, until all
+    /// have been sent, sleeping `tick` whenever none has.
+    fn send_as_due(
+        &self,
+        tick: Duration,
+        mut send: impl FnMut(std::ops::Range<usize>) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let mut sent = 0;
+        while sent < self.per_client {
+            let due = self.due();
+            if due > sent {
+                send(sent..due)?;
+                sent = due;
+            } else {
+                std::thread::sleep(tick);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -236,21 +256,15 @@ where
                 }
                 Ok(mine)
             });
-            let mut sent = 0;
-            while sent < schedule.per_client {
-                let due = schedule.due();
-                if due > sent {
-                    let ids = submit(c, sent..due)?;
-                    let scheduled = (sent..due).map(|k| schedule.scheduled(k)).collect();
-                    if let Some(last) = ids.last() {
-                        tx.send((*last, scheduled))
-                            .map_err(|_| anyhow::anyhow!("waiter gone"))?;
-                    }
-                    sent = due;
-                } else {
-                    std::thread::sleep(tick);
+            schedule.send_as_due(tick, |due| {
+                let ids = submit(c, due.clone())?;
+                let scheduled = due.map(|k| schedule.scheduled(k)).collect();
+                if let Some(last) = ids.last() {
+                    tx.send((*last, scheduled))
+                        .map_err(|_| anyhow::anyhow!("waiter gone"))?;
                 }
-            }
+                Ok(())
+            })?;
             drop(tx);
             let mine = waiter
                 .join()
@@ -281,19 +295,11 @@ where
     run_clients(clients, |c| {
         let schedule = Schedule::new(clients, rate_per_s, seconds);
         let mut mine = Vec::with_capacity(schedule.per_client);
-        let mut sent = 0;
-        while sent < schedule.per_client {
-            let due = schedule.due();
-            if due > sent {
-                call(c, sent..due)?;
-                mine.extend(
-                    (sent..due).map(|k| schedule.scheduled(k).elapsed().as_micros() as u64),
-                );
-                sent = due;
-            } else {
-                std::thread::sleep(tick);
-            }
-        }
+        schedule.send_as_due(tick, |due| {
+            call(c, due.clone())?;
+            mine.extend(due.map(|k| schedule.scheduled(k).elapsed().as_micros() as u64));
+            Ok(())
+        })?;
         add(&latencies, mine)?;
         Ok(())
     })?;

@@ -1137,20 +1137,10 @@ impl Engine {
                 depot: depot.to_string(),
             });
         }
-        // As in `verdict`: a failed commit poisons the engine and then stops the topology, and
-        // the caller should hear the poison (worth a retry against a restarted server), not
-        // the stop.
-        self.shared.poison.check()?;
         if self.shared.shutdown.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        match &lock(&state.progress).stopped {
-            Some(reason) => Err(Error::TopologyStopped {
-                topology: topology.to_string(),
-                reason: reason.clone(),
-            }),
-            None => Ok(()),
-        }
+        self.check_running(&lock(&state.progress), topology)
     }
 
     /// The committed batch id if `topology` has processed `record`, without waiting.
@@ -1161,10 +1151,8 @@ impl Engine {
         self.verdict(&progress, input, topology, record)
     }
 
-    /// `Some(batch)` once `progress` has consumed `record`; an error if it never will (the
-    /// engine is poisoned, the topology stopped); `None` while it may still. The poison comes
-    /// first: a failed commit also stops its topology, and the caller should hear the cause,
-    /// whichever thread the commit failed on.
+    /// `Some(batch)` once `progress` has consumed `record`; an error if it never will
+    /// ([`check_running`](Self::check_running)); `None` while it may still.
     fn verdict(
         &self,
         progress: &Progress,
@@ -1175,14 +1163,23 @@ impl Engine {
         if consumed_past(progress, input, record)? {
             return Ok(Some(progress.record.batch_id));
         }
+        self.check_running(progress, topology)?;
+        Ok(None)
+    }
+
+    /// Fails if `topology` (whose progress is `progress`) will process nothing more: the
+    /// engine is poisoned, or the topology stopped. The poison comes first: a failed commit
+    /// also stops its topology, and the caller should hear the cause (worth a retry against a
+    /// restarted server), whichever thread the commit failed on.
+    fn check_running(&self, progress: &Progress, topology: &str) -> Result<(), Error> {
         self.shared.poison.check()?;
-        if let Some(reason) = &progress.stopped {
-            return Err(Error::TopologyStopped {
+        match &progress.stopped {
+            Some(reason) => Err(Error::TopologyStopped {
                 topology: topology.to_string(),
                 reason: reason.clone(),
-            });
+            }),
+            None => Ok(()),
         }
-        Ok(None)
     }
 
     /// As [`wait_for`](Self::wait_for), for async callers.

@@ -17,6 +17,7 @@ use lockstep::net::{
 };
 use lockstep::{Depot, DurableWrite, Engine, EngineOptions, StorageFaults, WriteFault};
 use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 fn op(key: u32) -> Op {
     Op {
@@ -33,9 +34,21 @@ struct Served {
     serving: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
+impl Served {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.serving.await.expect("join").expect("serve");
+    }
+}
+
+/// Serves `engine` on a loopback port.
 async fn serve(engine: Engine) -> Served {
+    serve_with(engine, ServerConfig::default()).await
+}
+
+/// Serves `engine` with `config`, on a loopback port.
+async fn serve_with(engine: Engine, mut config: ServerConfig) -> Served {
     let engine = Arc::new(engine);
-    let mut config = ServerConfig::default();
     config.listen = ([127, 0, 0, 1], 0).into();
     let server = Server::bind(engine.clone(), config).await.expect("bind");
     let address = server.local_addr().expect("addr").to_string();
@@ -177,8 +190,7 @@ async fn answers_positions_and_outcomes_and_refuses_what_cannot_be_processed() {
         .expect("append and wait after refusals");
     assert_eq!(after[0].1.as_ref().map(|o| o.value), Some(3));
 
-    let _ = served.stop.send(());
-    served.serving.await.expect("join").expect("serve");
+    served.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,16 +247,19 @@ async fn a_failed_wait_says_where_the_appended_records_are() {
         .expect("recorded");
     assert_eq!(outcome.value, 1);
 
-    let _ = served.stop.send(());
-    served.serving.await.expect("join").expect("serve");
+    served.stop().await;
 }
 
-/// The server's answer to a bare handshake at `protocol`.
-async fn handshake(address: &str, protocol: u32) -> ServerFrame {
+/// A bare connection that has sent a handshake at `protocol`, and the server's reply.
+async fn connect_raw(
+    address: &str,
+    protocol: u32,
+) -> (BufReader<OwnedReadHalf>, OwnedWriteHalf, ServerFrame) {
     let stream = tokio::net::TcpStream::connect(address)
         .await
         .expect("connect");
     let (read_half, mut write_half) = stream.into_split();
+    let mut reader = BufReader::new(read_half);
     let hello = ClientFrame::Hello {
         protocol,
         token: None,
@@ -253,10 +268,16 @@ async fn handshake(address: &str, protocol: u32) -> ServerFrame {
         .await
         .expect("hello");
     write_half.flush().await.expect("flush");
-    read_frame::<_, ServerFrame>(&mut BufReader::new(read_half), 1 << 16)
+    let reply = read_frame::<_, ServerFrame>(&mut reader, 1 << 16)
         .await
         .expect("reply")
-        .expect("a frame")
+        .expect("a frame");
+    (reader, write_half, reply)
+}
+
+/// The server's answer to a bare handshake at `protocol`.
+async fn handshake(address: &str, protocol: u32) -> ServerFrame {
+    connect_raw(address, protocol).await.2
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,8 +303,7 @@ async fn older_clients_are_accepted_and_unknown_versions_refused() {
         );
     }
 
-    let _ = served.stop.send(());
-    served.serving.await.expect("join").expect("serve");
+    served.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -291,33 +311,20 @@ async fn outcomes_come_inline_up_to_half_a_frame_and_the_client_reads_the_rest()
     let dir = tempfile::tempdir().expect("tempdir");
     let ledger = ledger(2);
     let engine = common::open(dir.path(), &ledger, EngineOptions::default()).expect("open");
-    let engine = Arc::new(engine);
     let mut config = ServerConfig::default();
-    config.listen = ([127, 0, 0, 1], 0).into();
     // Half a frame, less 100 positions at their largest, leaves room for a few dozen of the
     // ledger's outcomes.
     config.frame_bytes_max = 6144;
-    let server = Server::bind(engine.clone(), config).await.expect("bind");
-    let address = server.local_addr().expect("addr").to_string();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(server.run(async {
-        let _ = stopped.await;
-    }));
+    let served = serve_with(engine, config).await;
+    let address = served.address.clone();
 
     // On the wire: one answer, with the positions of all and the outcomes of the first.
     let ops: Vec<Op> = (0..100).map(|i| op(i % 10)).collect();
-    let stream = tokio::net::TcpStream::connect(&address)
-        .await
-        .expect("connect");
-    let (read_half, mut write_half) = stream.into_split();
-    let mut reader = BufReader::new(read_half);
-    let hello = ClientFrame::Hello {
-        protocol: PROTOCOL_VERSION,
-        token: None,
-    };
-    write_frame(&mut write_half, &hello, 6144)
-        .await
-        .expect("hello");
+    let (mut reader, mut write_half, welcome) = connect_raw(&address, PROTOCOL_VERSION).await;
+    assert!(
+        matches!(welcome, ServerFrame::Welcome { .. }),
+        "{welcome:?}"
+    );
     let request = ClientFrame::Request {
         id: 1,
         request: Request::AppendAndWait {
@@ -336,11 +343,6 @@ async fn outcomes_come_inline_up_to_half_a_frame_and_the_client_reads_the_rest()
         .await
         .expect("request");
     write_half.flush().await.expect("flush");
-    let welcome = read_frame::<_, ServerFrame>(&mut reader, 6144).await;
-    assert!(
-        matches!(welcome, Ok(Some(ServerFrame::Welcome { .. }))),
-        "{welcome:?}"
-    );
     let answer = read_frame::<_, ServerFrame>(&mut reader, 6144)
         .await
         .expect("answer")
@@ -384,8 +386,7 @@ async fn outcomes_come_inline_up_to_half_a_frame_and_the_client_reads_the_rest()
         );
     }
 
-    let _ = stop.send(());
-    serving.await.expect("join").expect("serve");
+    served.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -442,8 +443,7 @@ async fn a_stopped_topology_fails_the_wait_and_then_refuses_before_appending() {
         "nothing appended for a stopped topology"
     );
 
-    let _ = served.stop.send(());
-    served.serving.await.expect("join").expect("serve");
+    served.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -498,6 +498,5 @@ async fn a_wait_cut_short_by_a_poisoned_engine_is_waited_out_then_names_the_posi
     );
     assert_eq!(stored_records(&served.engine, &ledger), 1);
 
-    let _ = served.stop.send(());
-    served.serving.await.expect("join").expect("serve");
+    served.stop().await;
 }

@@ -441,8 +441,7 @@ async fn handle(
                 topology,
                 timeout,
                 outcomes,
-                // Half a frame at most, less the positions, so that the answer fits.
-                outcome_bytes_max: READ_CHUNK_BYTES.min(config.frame_bytes_max / 2),
+                answer_bytes_max: READ_CHUNK_BYTES.min(config.frame_bytes_max / 2),
             };
             append_and_wait(engine, &depot, records, producer, wait).await
         }
@@ -459,7 +458,9 @@ struct Wait {
     topology: String,
     timeout: Duration,
     outcomes: bool,
-    outcome_bytes_max: usize,
+    /// What the positions and outcomes may take on the wire: at most half a frame, so that
+    /// the answer fits whatever else it carries.
+    answer_bytes_max: usize,
 }
 
 /// Appends `records`, waits for the topology to process them and reads their outcomes if
@@ -476,7 +477,7 @@ async fn append_and_wait(
         topology,
         timeout,
         outcomes,
-        outcome_bytes_max,
+        answer_bytes_max,
     } = wait;
     // A topology that will never process the records would leave the caller with records
     // appended and a wait that cannot succeed: refuse before writing.
@@ -485,21 +486,14 @@ async fn append_and_wait(
     let visible = match appended.last() {
         // Records of one call are processed in append order: the last one is enough.
         Some(last) => match engine.wait_for_async(&topology, *last, timeout).await {
-            Ok(batch_id) if outcomes => Ok(Visible {
-                batch_id,
-                outcomes: read_outcomes(
-                    engine,
-                    topology,
-                    appended.clone(),
-                    outcome_bytes_max
-                        .saturating_sub(appended.len().saturating_mul(RECORD_ID_WIRE_BYTES_MAX)),
-                )
-                .await,
-            }),
-            Ok(batch_id) => Ok(Visible {
-                batch_id,
-                outcomes: Vec::new(),
-            }),
+            Ok(batch_id) => {
+                let outcomes = if outcomes {
+                    read_outcomes(engine, topology, appended.clone(), answer_bytes_max).await
+                } else {
+                    Vec::new()
+                };
+                Ok(Visible { batch_id, outcomes })
+            }
             Err(e) => Err(wire_error(&e)),
         },
         None => engine
@@ -516,18 +510,21 @@ async fn append_and_wait(
     })
 }
 
-/// The outcomes of the first `records`, in order, up to `bytes_max` on the wire; fewer (even
-/// none) if one cannot be read: the client reads those one by one and hears why.
+/// The outcomes of the first `records`, in order, as many as fit in `answer_bytes_max` on the
+/// wire beside the positions of all; fewer (even none) if one cannot be read: the client reads
+/// those one by one and hears why.
 async fn read_outcomes(
     engine: &Arc<Engine>,
     topology: String,
     records: Vec<RecordId>,
-    bytes_max: usize,
+    answer_bytes_max: usize,
 ) -> Vec<Option<Vec<u8>>> {
     let engine = engine.clone();
     blocking(move || {
         let snapshot = engine.snapshot()?;
         let mut outcomes = Vec::with_capacity(records.len());
+        let bytes_max =
+            answer_bytes_max.saturating_sub(records.len().saturating_mul(RECORD_ID_WIRE_BYTES_MAX));
         let mut bytes = 0;
         for record in records {
             let Ok(outcome) = snapshot.raw_outcome(&topology, record) else {
