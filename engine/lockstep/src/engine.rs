@@ -552,6 +552,13 @@ impl Shared {
             .ok_or_else(|| Error::UnknownTopology(name.to_string()))
     }
 
+    /// The depot declared under `name` (what the server, which knows depots by name, asks for).
+    pub(crate) fn depot_named(&self, name: &str) -> Result<&Arc<DepotState>, Error> {
+        self.depots
+            .get(name)
+            .ok_or_else(|| Error::UnknownDepot(name.to_string()))
+    }
+
     fn depot(&self, spec: &Arc<DepotSpec>) -> Result<&Arc<DepotState>, Error> {
         match self.depots.get(&spec.name) {
             Some(state) if state.spec == *spec => Ok(state),
@@ -1079,12 +1086,7 @@ impl Engine {
         producer: Option<(u64, u64)>,
     ) -> Result<Vec<RecordId>, Error> {
         self.shared.poison.check()?;
-        let state = self
-            .shared
-            .depots
-            .get(depot)
-            .ok_or_else(|| Error::UnknownDepot(depot.to_string()))?
-            .clone();
+        let state = self.shared.depot_named(depot)?.clone();
         let mut records = Vec::with_capacity(envelopes.len());
         for bytes in envelopes {
             if bytes.len() > state.spec.record_bytes_max {
@@ -1125,12 +1127,7 @@ impl Engine {
     #[cfg(feature = "net")]
     pub(crate) fn check_consumes(&self, topology: &str, depot: &str) -> Result<(), Error> {
         let state = self.shared.topology(topology)?;
-        let depot_id = self
-            .shared
-            .depots
-            .get(depot)
-            .ok_or_else(|| Error::UnknownDepot(depot.to_string()))?
-            .id;
+        let depot_id = self.shared.depot_named(depot)?.id;
         if !state.inputs.iter().any(|input| input.id == depot_id) {
             return Err(Error::NotConsumed {
                 topology: topology.to_string(),
