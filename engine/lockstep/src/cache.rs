@@ -1,16 +1,26 @@
 //! A bounded in-memory cache of committed state, in front of RocksDB, for handlers' point reads.
 //!
 //! Handlers read before they write (is this id free, does the parent exist, what is the count),
-//! and a point read that misses RocksDB's block cache still walks the memtable's skiplist and
-//! the levels' filters: several times the cost of a hash lookup. The cache holds what handlers
-//! recently read (misses too) and is kept coherent by the one writer of each key: a topology's
-//! batch commit, which refreshes every cached key it wrote once the commit is durable. The only
-//! reader that can run during that refresh is the topology's next batch, executing while the
-//! commit is in flight (pipelining), and it reads every key the committing batch wrote from
-//! that batch's write sets (`Overlaid`, laid over this cache), never from here; the batch after
-//! it starts once the refresh is done. A miss here is filled from RocksDB without excluding the
-//! refresh, which is safe only for that reason. No topology reads another's keys. Snapshots never use
-//! the cache: they read RocksDB at a point in time.
+//! and mostly what was written lately: a component is updated, reparented or given children
+//! soon after it is created. Those keys sit in the memtable, whose skiplist grows to millions
+//! of entries under a steady load; walking it was a third of the batch driver's time once it
+//! had, several times the cost of a hash lookup. So the cache is filled from both sides:
+//!
+//! - **Write-through.** A topology's batch commit, the one writer of its keys, inserts every
+//!   entry it wrote to a map PState once the commit is durable (deletions as cached absence).
+//!   Entries of set PStates are refreshed only if cached (a `set_contains` may have read them);
+//!   outcomes are skipped without a lookup, as no handler reads them.
+//! - **Filled on a miss**, when the key exists. A miss on an absent key is not cached: RocksDB's
+//!   Bloom filters confirm absence cheaply, and every create reads its fresh id first, so
+//!   caching those misses only churned the cache.
+//!
+//! Coherence rests on who can read while a commit refreshes. The only reader that can run then
+//! is the topology's next batch, executing while the commit is in flight (pipelining), and it
+//! reads every key the committing batch wrote from that batch's write sets (`Overlaid`, laid
+//! over this cache), never from here; the batch after it starts once the refresh is done. A
+//! miss here is filled from RocksDB without excluding the refresh, which is safe only for that
+//! reason: the key it fills is not one the refresh writes. No topology reads another's keys.
+//! Snapshots never use the cache: they read RocksDB at a point in time.
 
 use std::sync::Arc;
 
@@ -68,24 +78,79 @@ impl StateCache {
         })
     }
 
-    /// Refreshes every cached key a durable commit wrote. `replace` touches only keys already
-    /// cached, and drops the entry when it declines the new value (too heavy), so a write
-    /// never leaves a stale entry behind.
+    /// Puts what a durable commit wrote into the cache, as `policy` says for each key's
+    /// PState. An insert or a refresh that the cache declines (a value heavier than it allows)
+    /// drops the key's entry, so a write never leaves a stale entry behind.
     ///
-    /// Most written keys are not cached (outcomes, and state no handler has read lately), so
-    /// they are looked up by reference first: copying every written key and value only to
-    /// have `replace` decline it was a quarter to a third of what the cache added to the
-    /// committer's time. Checking and then replacing is not racy: no reader fills a key this
-    /// commit wrote until it returns (see the module doc), and an entry evicted in between
-    /// makes `replace` decline, leaving nothing stale.
-    pub(crate) fn apply(&self, writes: &[WriteSet]) {
+    /// Entries that are only refreshed are looked up by reference first, as most are not
+    /// cached: copying each key and value only to have `replace` decline it was a quarter to a
+    /// third of what the cache added to the committer's time. Checking and then replacing is
+    /// not racy: no reader fills a key this commit wrote until it returns (see the module
+    /// doc), and an entry evicted in between makes `replace` decline, leaving nothing stale.
+    pub(crate) fn apply(&self, writes: &[WriteSet], policy: &CachePolicy) {
         for (key, value) in writes.iter().flatten() {
-            if !self.entries.contains_key(key.as_ref()) {
-                continue;
+            match policy.on_write(key) {
+                OnWrite::Skip => {}
+                OnWrite::Insert => self
+                    .entries
+                    .insert(key.to_vec(), value.as_deref().map(Arc::from)),
+                OnWrite::RefreshIfCached => {
+                    if self.entries.contains_key(key.as_ref()) {
+                        let _ = self.entries.replace(
+                            key.to_vec(),
+                            value.as_deref().map(Arc::from),
+                            true,
+                        );
+                    }
+                }
             }
-            let _ = self
-                .entries
-                .replace(key.to_vec(), value.as_deref().map(Arc::from), true);
+        }
+    }
+}
+
+/// What a topology's commit does with each key it wrote, by the key's PState (a laid-out
+/// key's first four bytes, `lockstep_core::layout`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CachePolicy {
+    /// The topology's map PStates, sorted: their written entries are inserted.
+    map_pstate_ids: Vec<u32>,
+    /// The topology's outcome table: never read by handlers, so never cached.
+    outcome_pstate_id: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnWrite {
+    Insert,
+    RefreshIfCached,
+    Skip,
+}
+
+impl CachePolicy {
+    pub(crate) fn new(mut map_pstate_ids: Vec<u32>, outcome_pstate_id: u32) -> Self {
+        map_pstate_ids.sort_unstable();
+        map_pstate_ids.dedup();
+        Self {
+            map_pstate_ids,
+            outcome_pstate_id,
+        }
+    }
+
+    fn on_write(&self, key: &[u8]) -> OnWrite {
+        // A key too short to name a PState is refreshed if cached: the safe choice for a key
+        // this policy cannot place.
+        let Some(pstate_id) = key
+            .get(..4)
+            .and_then(|id| <[u8; 4]>::try_from(id).ok())
+            .map(u32::from_be_bytes)
+        else {
+            return OnWrite::RefreshIfCached;
+        };
+        if pstate_id == self.outcome_pstate_id {
+            OnWrite::Skip
+        } else if self.map_pstate_ids.binary_search(&pstate_id).is_ok() {
+            OnWrite::Insert
+        } else {
+            OnWrite::RefreshIfCached
         }
     }
 }
@@ -102,9 +167,11 @@ impl<S: StateRead> StateRead for CachedState<'_, S> {
             return Ok(cached.map(|value| value.to_vec()));
         }
         let value = self.base.get(key)?;
-        self.cache
-            .entries
-            .insert(key.to_vec(), value.as_deref().map(Arc::from));
+        if let Some(found) = &value {
+            self.cache
+                .entries
+                .insert(key.to_vec(), Some(Arc::from(found.as_slice())));
+        }
         Ok(value)
     }
 
@@ -119,7 +186,9 @@ impl<S: StateRead> StateRead for CachedState<'_, S> {
         self.base
             .get_with(key, &mut |found| value = found.map(Arc::from))?;
         visit(value.as_deref());
-        self.cache.entries.insert(key.to_vec(), value);
+        if value.is_some() {
+            self.cache.entries.insert(key.to_vec(), value);
+        }
         Ok(())
     }
 
@@ -161,6 +230,21 @@ mod tests {
         lent.expect("get_with calls its visitor")
     }
 
+    const MAP: u32 = 1;
+    const SET: u32 = 2;
+    const OUTCOMES: u32 = 3;
+
+    fn policy() -> CachePolicy {
+        CachePolicy::new(vec![MAP], OUTCOMES)
+    }
+
+    /// A laid-out key of PState `pstate_id`.
+    fn key(pstate_id: u32, name: &[u8]) -> Vec<u8> {
+        let mut key = pstate_id.to_be_bytes().to_vec();
+        key.extend_from_slice(name);
+        key
+    }
+
     fn commit(store: &Counting, cache: &StateCache, writes: WriteSet) {
         let mut entries = store.entries.lock().expect("lock");
         for (key, value) in &writes {
@@ -170,63 +254,118 @@ mod tests {
             };
         }
         drop(entries);
-        cache.apply(&[writes]);
+        cache.apply(&[writes], &policy());
+    }
+
+    fn reads(store: &Counting) -> u64 {
+        *store.reads.lock().expect("lock")
     }
 
     #[test]
-    fn reads_hit_the_cache_and_commits_keep_it_coherent() {
+    fn map_writes_go_through_and_present_misses_fill() {
         let store = Counting::default();
         let cache = StateCache::new(1 << 20).expect("cache");
         let state = CachedState {
             base: &store,
             cache: &cache,
         };
-        assert_eq!(state.get(b"a").expect("get"), None);
-        assert_eq!(state.get(b"a").expect("get"), None);
+        let a = key(MAP, b"a");
+        assert_eq!(state.get(&a).expect("get"), None);
+        assert_eq!(lent(&state, &a), None);
+        assert_eq!(reads(&store), 2, "a miss on an absent key is not cached");
+
+        commit(&store, &cache, [(a.clone(), Some(b"1".to_vec()))].into());
+        assert_eq!(state.get(&a).expect("get"), Some(b"1".to_vec()));
+        assert_eq!(lent(&state, &a), Some(b"1".to_vec()));
         assert_eq!(
-            *store.reads.lock().expect("lock"),
-            1,
-            "a miss is cached too"
+            reads(&store),
+            2,
+            "the commit put what it wrote in the cache"
         );
-        assert_eq!(lent(&state, b"a"), None, "a cached miss is lent as a miss");
-        assert_eq!(*store.reads.lock().expect("lock"), 1);
+        commit(&store, &cache, [(a.clone(), None)].into());
+        assert_eq!(state.get(&a).expect("get"), None);
+        assert_eq!(reads(&store), 2, "a deletion is cached as absence");
 
-        commit(
-            &store,
-            &cache,
-            [(b"a".to_vec(), Some(b"1".to_vec()))].into(),
-        );
-        assert_eq!(state.get(b"a").expect("get"), Some(b"1".to_vec()));
-        commit(&store, &cache, [(b"a".to_vec(), None)].into());
-        assert_eq!(state.get(b"a").expect("get"), None);
-        assert_eq!(*store.reads.lock().expect("lock"), 1);
-
-        // A key written before it was ever read is not cached, and reads the store.
-        commit(
-            &store,
-            &cache,
-            [(b"b".to_vec(), Some(b"2".to_vec()))].into(),
-        );
-        assert_eq!(state.get(b"b").expect("get"), Some(b"2".to_vec()));
-        assert_eq!(*store.reads.lock().expect("lock"), 2);
-
-        // A lent read fills the cache on a miss and lends from it afterwards.
-        commit(
-            &store,
-            &cache,
-            [(b"c".to_vec(), Some(b"3".to_vec()))].into(),
-        );
+        // A key present in the store but not cached is read once, then from the cache.
+        let b = key(MAP, b"b");
+        store
+            .entries
+            .lock()
+            .expect("lock")
+            .insert(b.clone(), b"2".to_vec());
         for _ in 0..2 {
-            assert_eq!(lent(&state, b"c"), Some(b"3".to_vec()));
+            assert_eq!(lent(&state, &b), Some(b"2".to_vec()));
         }
-        assert_eq!(*store.reads.lock().expect("lock"), 3);
-        commit(&store, &cache, [(b"c".to_vec(), None)].into());
-        assert_eq!(
-            lent(&state, b"c"),
-            None,
-            "the commit refreshed the lent entry"
+        assert_eq!(reads(&store), 3);
+    }
+
+    #[test]
+    fn set_entries_are_refreshed_only_if_cached_and_outcomes_never_cached() {
+        let store = Counting::default();
+        let cache = StateCache::new(1 << 20).expect("cache");
+        let state = CachedState {
+            base: &store,
+            cache: &cache,
+        };
+        let element = key(SET, b"parent/child");
+        commit(&store, &cache, [(element.clone(), Some(Vec::new()))].into());
+        assert!(
+            !cache.entries.contains_key(&element),
+            "not read, not cached"
         );
-        assert_eq!(*store.reads.lock().expect("lock"), 3);
+        assert_eq!(state.get(&element).expect("get"), Some(Vec::new()));
+        assert!(cache.entries.contains_key(&element), "filled by the read");
+        commit(&store, &cache, [(element.clone(), None)].into());
+        assert_eq!(
+            state.get(&element).expect("get"),
+            None,
+            "the commit refreshed the cached element"
+        );
+        assert_eq!(reads(&store), 1);
+
+        let outcome = key(OUTCOMES, b"record");
+        commit(
+            &store,
+            &cache,
+            [(outcome.clone(), Some(b"ok".to_vec()))].into(),
+        );
+        assert!(!cache.entries.contains_key(&outcome));
+
+        // A key too short to name its PState is treated as possibly cached.
+        let short = b"ab".to_vec();
+        store
+            .entries
+            .lock()
+            .expect("lock")
+            .insert(short.clone(), b"1".to_vec());
+        assert_eq!(state.get(&short).expect("get"), Some(b"1".to_vec()));
+        commit(
+            &store,
+            &cache,
+            [(short.clone(), Some(b"2".to_vec()))].into(),
+        );
+        assert_eq!(state.get(&short).expect("get"), Some(b"2".to_vec()));
+    }
+
+    #[test]
+    fn a_value_too_heavy_to_cache_drops_the_stale_entry() {
+        let store = Counting::default();
+        let cache = StateCache::new(16 << 10).expect("cache");
+        let state = CachedState {
+            base: &store,
+            cache: &cache,
+        };
+        let a = key(MAP, b"a");
+        commit(
+            &store,
+            &cache,
+            [(a.clone(), Some(b"small".to_vec()))].into(),
+        );
+        assert!(cache.entries.contains_key(&a));
+        let heavy = vec![7u8; 64 << 10];
+        commit(&store, &cache, [(a.clone(), Some(heavy.clone()))].into());
+        assert_eq!(state.get(&a).expect("get"), Some(heavy));
+        assert_eq!(reads(&store), 1, "read from the store, not a stale entry");
     }
 
     #[test]
@@ -239,17 +378,21 @@ mod tests {
         };
         for round in 0..5u32 {
             for i in 0..2_000u32 {
-                let key = i.to_be_bytes().to_vec();
+                let entry = key(MAP, &i.to_be_bytes());
                 let value = (i + round).to_be_bytes().to_vec();
-                commit(&store, &cache, [(key.clone(), Some(value.clone()))].into());
-                assert_eq!(state.get(&key).expect("get"), Some(value));
+                commit(
+                    &store,
+                    &cache,
+                    [(entry.clone(), Some(value.clone()))].into(),
+                );
+                assert_eq!(state.get(&entry).expect("get"), Some(value));
             }
             assert!(cache.entries.weight() <= 16 << 10);
         }
         for i in 0..2_000u32 {
-            let key = i.to_be_bytes().to_vec();
+            let entry = key(MAP, &i.to_be_bytes());
             assert_eq!(
-                state.get(&key).expect("get"),
+                state.get(&entry).expect("get"),
                 Some((i + 4).to_be_bytes().to_vec())
             );
         }

@@ -19,7 +19,7 @@ use lockstep_core::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::cache::{CachedState, StateCache};
+use crate::cache::{CachePolicy, CachedState, StateCache};
 use crate::catalog::{self, outcome_table_name};
 use crate::error::Error;
 use crate::faults::{faulted_write, DurableWrite, StorageFaults};
@@ -83,6 +83,9 @@ const MAINTENANCE_INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
 /// the appender busy for nothing.
 const MAINTENANCE_INTERVAL_MIN: Duration = Duration::from_millis(10);
 
+/// [`EngineOptions::state_cache_bytes_max`] by default.
+const STATE_CACHE_BYTES_DEFAULT: usize = 64 << 20;
+
 /// [`EngineOptions::block_cache_bytes`] by default.
 const BLOCK_CACHE_BYTES_DEFAULT: usize = 64 << 20;
 
@@ -113,15 +116,15 @@ pub struct EngineOptions {
     /// Bytes of committed state kept in memory for handlers' point reads (0: none), counting
     /// keys, values and an estimate of each entry's bookkeeping; the cache's real footprint
     /// is proportional to this (up to about twice it), and independent of the state's size.
+    /// Commits write their map entries through to it, and reads of existing keys fill it.
     ///
-    /// Off by default: on the reference workloads, with RocksDB's Bloom filters answering
-    /// reads of absent keys, filling and refreshing the cache cost more than it saved (the
-    /// component scaling run was 1.3–1.5× faster without it at 100k and 1M components; see
-    /// BENCHMARKS.md). It can pay for a topology that re-reads a hot set much smaller than
-    /// its state, whose reads miss the memtables, and for the tail latency under a steady
-    /// load, once the memtables have grown and flushed: at 64 MiB it cut the component
-    /// benchmark's p99 1.5–4.7× in all but one comparison of 15-second runs (BENCHMARKS.md,
-    /// *Latency in steady state*).
+    /// 64 MiB by default. Under a steady load the memtables grow to millions of entries and
+    /// every read of recently written state walks their skiplist; the cache answers those
+    /// reads instead, which cut the component benchmark's append-to-visible p99 several-fold
+    /// in 15-second runs and drained a 2-million-command backlog faster. It costs bulk loads
+    /// of fresh keys about a fifth of their rate, random reads over a large state little, and
+    /// the memory (BENCHMARKS.md, *A write-through state cache, on by default*). Set 0 for a
+    /// load-only engine or when memory is short.
     pub state_cache_bytes_max: usize,
     /// Bytes of RocksDB's cache of uncompressed table blocks, shared by the depots, the
     /// PStates and the catalog. Reads of state that has left the memtables for table files
@@ -194,7 +197,7 @@ impl Default for EngineOptions {
             append_queue_max: 4096,
             append_group_bytes_max: 8 << 20,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            state_cache_bytes_max: 0,
+            state_cache_bytes_max: STATE_CACHE_BYTES_DEFAULT,
             block_cache_bytes: BLOCK_CACHE_BYTES_DEFAULT,
             depot_retention: None,
             producer_expiry: PRODUCER_EXPIRY_DEFAULT,
@@ -399,6 +402,8 @@ pub(crate) struct TopologyState {
     pub(crate) topology: Topology,
     pub(crate) id: u32,
     ids: ResolvedIds,
+    /// What this topology's commits put in the state cache.
+    cache_policy: CachePolicy,
     inputs: Vec<Arc<DepotState>>,
     progress: Mutex<Progress>,
     progress_changed: Condvar,
@@ -842,9 +847,13 @@ impl Engine {
             let outcome_pstate_id = catalog.pstates[&outcome_name];
             pstates.insert(outcome_name, (None, outcome_pstate_id));
             let mut pstate_ids = Vec::new();
+            let mut map_pstate_ids = Vec::new();
             for spec in topology.pstates() {
                 let pstate_id = catalog.pstates[&spec.name];
                 pstate_ids.push(pstate_id);
+                if spec.kind == lockstep_core::PStateKind::Map {
+                    map_pstate_ids.push(pstate_id);
+                }
                 pstates.insert(spec.name.clone(), (Some(spec.clone()), pstate_id));
             }
             let record = store.load_commit(id)?.unwrap_or_default();
@@ -863,6 +872,7 @@ impl Engine {
                         pstate_ids,
                         outcome_pstate_id,
                     },
+                    cache_policy: CachePolicy::new(map_pstate_ids, outcome_pstate_id),
                     outcomes_deleted_below: Mutex::new(
                         inputs.iter().map(|d| vec![0; d.first_kept.len()]).collect(),
                     ),
@@ -2461,7 +2471,7 @@ fn commit_batch(
     // these keys, either starts after this returns or reads them from `output_writes` as
     // pending state until it does.
     if let Some(cache) = &shared.state_cache {
-        cache.apply(&output_writes);
+        cache.apply(&output_writes, &state.cache_policy);
     }
 
     {
