@@ -22,7 +22,7 @@ pub fn partition_prefix(pstate_id: u32, partition: u32) -> [u8; PARTITION_PREFIX
 }
 
 /// The PState id a laid-out key names, if it is long enough to name one.
-pub(crate) fn key_pstate_id(key: &[u8]) -> Option<u32> {
+pub fn key_pstate_id(key: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(key.get(..4)?.try_into().ok()?))
 }
 

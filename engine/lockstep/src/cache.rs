@@ -3,8 +3,10 @@
 //! Handlers read before they write (is this id free, does the parent exist, what is the count),
 //! and mostly what was written lately: a component is updated, reparented or given children
 //! soon after it is created. Those keys sit in the memtable, whose skiplist grows to millions
-//! of entries under a steady load; walking it was a third of the batch driver's time once it
-//! had, several times the cost of a hash lookup. So the cache is filled from both sides:
+//! of entries under a steady load; searching it and comparing its keys took a fifth of the
+//! whole process's CPU in a profile of such a load, with the cache off (BENCHMARKS.md, *A
+//! write-through state cache, on by default*). A hash lookup costs a fraction of that. So
+//! the cache is filled from both sides:
 //!
 //! - **Write-through.** A topology's batch commit, the one writer of its keys, inserts every
 //!   entry it wrote to a map PState once the commit is durable (deletions as cached absence).
@@ -24,6 +26,7 @@
 
 use std::sync::Arc;
 
+use lockstep_core::layout::key_pstate_id;
 use lockstep_core::store::{Entry, StateRead, StoreError, WriteSet};
 use quick_cache::sync::{Cache, DefaultLifecycle};
 use quick_cache::Weighter;
@@ -80,7 +83,14 @@ impl StateCache {
 
     /// Puts what a durable commit wrote into the cache, as `policy` says for each key's
     /// PState. An insert or a refresh that the cache declines (a value heavier than it allows)
-    /// drops the key's entry, so a write never leaves a stale entry behind.
+    /// leaves no entry for the key, so a write never leaves a stale entry behind: quick_cache
+    /// drops the old entry of a declined insert itself (`a_value_too_heavy_*` tests pin that),
+    /// and a declined refresh is removed here.
+    ///
+    /// Deleting a map entry caches its absence: a tombstone in the memtable would otherwise
+    /// pass the memtable's Bloom filter and cost a skiplist walk to read. The deletions of
+    /// trimmed records' outcomes (`BatchCommit::deleted_ranges`) are not seen here; they lie
+    /// in the outcome table, which is never cached.
     ///
     /// Entries that are only refreshed are looked up by reference first, as most are not
     /// cached: copying each key and value only to have `replace` decline it was a quarter to a
@@ -96,11 +106,14 @@ impl StateCache {
                     .insert(key.to_vec(), value.as_deref().map(Arc::from)),
                 OnWrite::RefreshIfCached => {
                     if self.entries.contains_key(key.as_ref()) {
-                        let _ = self.entries.replace(
+                        let refreshed = self.entries.replace(
                             key.to_vec(),
                             value.as_deref().map(Arc::from),
                             true,
                         );
+                        if refreshed.is_err() {
+                            self.entries.remove(key.as_ref());
+                        }
                     }
                 }
             }
@@ -110,11 +123,13 @@ impl StateCache {
 
 /// What a topology's commit does with each key it wrote, by the key's PState (a laid-out
 /// key's first four bytes, `lockstep_core::layout`).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct CachePolicy {
     /// The topology's map PStates, sorted: their written entries are inserted.
     map_pstate_ids: Vec<u32>,
-    /// The topology's outcome table: never read by handlers, so never cached.
+    /// The topology's outcome table: never cached, as no handler can read it (`Ctx` resolves
+    /// only the topology's declared PStates). A read of it through the cache would break
+    /// this: such a read must not fill the cache, or the skip must become a refresh.
     outcome_pstate_id: u32,
 }
 
@@ -138,11 +153,7 @@ impl CachePolicy {
     fn on_write(&self, key: &[u8]) -> OnWrite {
         // A key too short to name a PState is refreshed if cached: the safe choice for a key
         // this policy cannot place.
-        let Some(pstate_id) = key
-            .get(..4)
-            .and_then(|id| <[u8; 4]>::try_from(id).ok())
-            .map(u32::from_be_bytes)
-        else {
+        let Some(pstate_id) = key_pstate_id(key) else {
             return OnWrite::RefreshIfCached;
         };
         if pstate_id == self.outcome_pstate_id {
@@ -271,20 +282,26 @@ mod tests {
         };
         let a = key(MAP, b"a");
         assert_eq!(state.get(&a).expect("get"), None);
+        assert_eq!(state.get(&a).expect("get"), None);
         assert_eq!(lent(&state, &a), None);
-        assert_eq!(reads(&store), 2, "a miss on an absent key is not cached");
+        assert_eq!(lent(&state, &a), None);
+        assert_eq!(
+            reads(&store),
+            4,
+            "a miss on an absent key is not cached, read or lent"
+        );
 
         commit(&store, &cache, [(a.clone(), Some(b"1".to_vec()))].into());
         assert_eq!(state.get(&a).expect("get"), Some(b"1".to_vec()));
         assert_eq!(lent(&state, &a), Some(b"1".to_vec()));
         assert_eq!(
             reads(&store),
-            2,
+            4,
             "the commit put what it wrote in the cache"
         );
         commit(&store, &cache, [(a.clone(), None)].into());
         assert_eq!(state.get(&a).expect("get"), None);
-        assert_eq!(reads(&store), 2, "a deletion is cached as absence");
+        assert_eq!(reads(&store), 4, "a deletion is cached as absence");
 
         // A key present in the store but not cached is read once, then from the cache.
         let b = key(MAP, b"b");
@@ -296,7 +313,7 @@ mod tests {
         for _ in 0..2 {
             assert_eq!(lent(&state, &b), Some(b"2".to_vec()));
         }
-        assert_eq!(reads(&store), 3);
+        assert_eq!(reads(&store), 5);
     }
 
     #[test]
@@ -364,8 +381,26 @@ mod tests {
         assert!(cache.entries.contains_key(&a));
         let heavy = vec![7u8; 64 << 10];
         commit(&store, &cache, [(a.clone(), Some(heavy.clone()))].into());
-        assert_eq!(state.get(&a).expect("get"), Some(heavy));
+        assert_eq!(state.get(&a).expect("get"), Some(heavy.clone()));
         assert_eq!(reads(&store), 1, "read from the store, not a stale entry");
+
+        // The same for a refresh: a cached set element whose new value is too heavy.
+        let element = key(SET, b"parent/child");
+        store
+            .entries
+            .lock()
+            .expect("lock")
+            .insert(element.clone(), Vec::new());
+        assert_eq!(state.get(&element).expect("get"), Some(Vec::new()));
+        assert!(cache.entries.contains_key(&element));
+        commit(
+            &store,
+            &cache,
+            [(element.clone(), Some(heavy.clone()))].into(),
+        );
+        assert!(!cache.entries.contains_key(&element));
+        assert_eq!(state.get(&element).expect("get"), Some(heavy));
+        assert_eq!(reads(&store), 3);
     }
 
     #[test]

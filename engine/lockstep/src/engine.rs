@@ -9,12 +9,14 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use lockstep_core::exec::{BatchInput, InputRecord, ResolvedIds};
+use lockstep_core::layout::key_pstate_id;
 use lockstep_core::store::{
     append_digest, BatchCommit, CommitRecord, CommitStore, ConsumedOffset, DepotEntry, DepotLog,
     DepotTrim, Entry, Overlaid, ProducerState, StateRead, StoreError,
 };
 use lockstep_core::{
-    decode_envelope, outcome_key, Depot, DepotSpec, PStateSpec, RecordId, SchemaError, Topology,
+    decode_envelope, outcome_key, Depot, DepotSpec, PStateKind, PStateSpec, RecordId, SchemaError,
+    Topology,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -120,10 +122,11 @@ pub struct EngineOptions {
     ///
     /// 64 MiB by default. Under a steady load the memtables grow to millions of entries and
     /// every read of recently written state walks their skiplist; the cache answers those
-    /// reads instead, which cut the component benchmark's append-to-visible p99 several-fold
-    /// in 15-second runs and drained a 2-million-command backlog faster. It costs bulk loads
-    /// of fresh keys about a fifth of their rate, random reads over a large state little, and
-    /// the memory (BENCHMARKS.md, *A write-through state cache, on by default*). Set 0 for a
+    /// reads instead. In the component benchmark's 15-second runs at half its peak it cut the
+    /// append-to-visible p99 4–6× embedded and 1.3–1.9× over the network, and it drained a
+    /// 2-million-command backlog ~20% faster. It costs bulk loads of fresh keys about a
+    /// quarter of their rate, random reads over a large state nothing measurable, and the
+    /// memory (BENCHMARKS.md, *A write-through state cache, on by default*). Set 0 for a
     /// load-only engine or when memory is short.
     pub state_cache_bytes_max: usize,
     /// Bytes of RocksDB's cache of uncompressed table blocks, shared by the depots, the
@@ -851,7 +854,7 @@ impl Engine {
             for spec in topology.pstates() {
                 let pstate_id = catalog.pstates[&spec.name];
                 pstate_ids.push(pstate_id);
-                if spec.kind == lockstep_core::PStateKind::Map {
+                if spec.kind == PStateKind::Map {
                     map_pstate_ids.push(pstate_id);
                 }
                 pstates.insert(spec.name.clone(), (Some(spec.clone()), pstate_id));
@@ -2467,12 +2470,6 @@ fn commit_batch(
         return Err(Error::Poisoned { reason });
     }
     let commit_latency_us = commit_started.elapsed().as_micros() as u64;
-    // Durable: the cache may now show it. The next batch of this topology, the only reader of
-    // these keys, either starts after this returns or reads them from `output_writes` as
-    // pending state until it does.
-    if let Some(cache) = &shared.state_cache {
-        cache.apply(&output_writes, &state.cache_policy);
-    }
 
     {
         let mut progress = lock(&state.progress);
@@ -2482,6 +2479,21 @@ fn commit_batch(
     state.progress_changed.notify_all();
     state.commits.send_modify(|_| ());
     state.commits.send_replace(batch_id);
+    // Durable and published: the cache may now show it. Waiters are woken first, as they read
+    // snapshots, never the cache. The next batch of this topology, the only reader of these
+    // keys through the cache, either starts after this returns (the driver waits for this
+    // batch's result, and manual batches hold the run lock) or reads them from
+    // `output_writes` as pending state until it does.
+    if let Some(cache) = &shared.state_cache {
+        debug_assert!(
+            deleted_ranges.iter().all(|(start, end)| {
+                let outcomes = Some(state.ids.outcome_pstate_id);
+                key_pstate_id(start) == outcomes && key_pstate_id(end) == outcomes
+            }),
+            "the cache ignores deleted ranges: they must lie in the uncached outcome table"
+        );
+        cache.apply(&output_writes, &state.cache_policy);
+    }
     let summary = BatchSummary {
         batch_id,
         records,
