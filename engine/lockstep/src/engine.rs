@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use lockstep_core::exec::{BatchInput, InputRecord, ResolvedIds};
-use lockstep_core::layout::key_pstate_id;
 use lockstep_core::store::{
     append_digest, BatchCommit, CommitRecord, CommitStore, ConsumedOffset, DepotEntry, DepotLog,
     DepotTrim, Entry, Overlaid, ProducerState, StateRead, StoreError,
@@ -451,7 +450,9 @@ pub struct AppendStats {
     pub producers_remembered: u64,
 }
 
-/// Totals over the batches a topology committed since the engine opened.
+/// Totals over the batches a topology committed since the engine opened. A batch is counted
+/// before it is published: once [`Engine::wait_for`] returns for a record, these include the
+/// batch that processed it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TopologyStats {
@@ -2471,6 +2472,17 @@ fn commit_batch(
     }
     let commit_latency_us = commit_started.elapsed().as_micros() as u64;
 
+    // Counted before the batch is published, so that stats read once a wait for one of its
+    // records returns include it.
+    {
+        let mut stats = lock(&state.stats);
+        stats.batches += 1;
+        stats.records += records;
+        stats.writes += writes;
+        stats.write_bytes += write_bytes;
+        stats.commit_time_us += commit_latency_us;
+        stats.batches_pipelined += u64::from(pipelined);
+    }
     {
         let mut progress = lock(&state.progress);
         progress.record = record;
@@ -2485,13 +2497,14 @@ fn commit_batch(
     // batch's result, and manual batches hold the run lock) or reads them from
     // `output_writes` as pending state until it does.
     if let Some(cache) = &shared.state_cache {
-        debug_assert!(
-            deleted_ranges.iter().all(|(start, end)| {
-                let outcomes = Some(state.ids.outcome_pstate_id);
-                key_pstate_id(start) == outcomes && key_pstate_id(end) == outcomes
-            }),
-            "the cache ignores deleted ranges: they must lie in the uncached outcome table"
-        );
+        if cache.apply_deleted_ranges(&deleted_ranges, &state.cache_policy) {
+            tracing::warn!(
+                topology = name,
+                batch_id,
+                "a commit deleted a key range outside the uncached outcome table; \
+                 the state cache was emptied to stay coherent"
+            );
+        }
         cache.apply(&output_writes, &state.cache_policy);
     }
     let summary = BatchSummary {
@@ -2504,15 +2517,6 @@ fn commit_batch(
         batch_latency_us: started.elapsed().as_micros() as u64,
         commit_latency_us,
     };
-    {
-        let mut stats = lock(&state.stats);
-        stats.batches += 1;
-        stats.records += summary.records;
-        stats.writes += summary.writes;
-        stats.write_bytes += summary.write_bytes;
-        stats.commit_time_us += summary.commit_latency_us;
-        stats.batches_pipelined += u64::from(pipelined);
-    }
     tracing::debug!(
         topology = name,
         batch_id,
