@@ -89,7 +89,10 @@ impl StateCache {
     ///
     /// Deleting a map entry caches its absence: a tombstone in the memtable would otherwise
     /// pass the memtable's Bloom filter and cost a skiplist walk to read. The range deletions
-    /// a commit makes (`BatchCommit::deleted_ranges`) go to [`Self::apply_deleted_ranges`].
+    /// a commit makes (`BatchCommit::deleted_ranges`) are not seen here: they lie in the
+    /// outcome table, which is never cached, and the commit refuses any that does not
+    /// (`commit_batch`), since neither this cache nor a pipelined batch's pending state could
+    /// follow a range deletion anywhere else.
     ///
     /// Entries that are only refreshed are looked up by reference first, as most are not
     /// cached: copying each key and value only to have `replace` decline it was a quarter to a
@@ -117,32 +120,6 @@ impl StateCache {
                 }
             }
         }
-    }
-}
-
-impl StateCache {
-    /// Keeps the cache coherent with the key ranges a durable commit deleted. Retention deletes
-    /// only the outcomes of trimmed records, in the outcome table, which is never cached, so
-    /// this finds nothing to do. A range reaching anywhere else could cover cached keys, which
-    /// a hash cache cannot find by range: the cache is emptied rather than left stale, and this
-    /// says so (true), for the caller to log. A range lies within one PState when both its ends
-    /// do: keys order by their PState's id first.
-    pub(crate) fn apply_deleted_ranges(
-        &self,
-        ranges: &[(Vec<u8>, Vec<u8>)],
-        policy: &CachePolicy,
-    ) -> bool {
-        let uncached = |start: &[u8], end: &[u8]| {
-            let pstate = key_pstate_id(start);
-            pstate.is_some()
-                && pstate == key_pstate_id(end)
-                && policy.on_write(start) == OnWrite::Skip
-        };
-        if ranges.iter().all(|(start, end)| uncached(start, end)) {
-            return false;
-        }
-        self.entries.clear();
-        true
     }
 }
 
@@ -455,44 +432,6 @@ mod tests {
                 state.get(&entry).expect("get"),
                 Some((i + 4).to_be_bytes().to_vec())
             );
-        }
-    }
-
-    /// Retention's range deletions lie in the outcome table and leave the cache alone; a range
-    /// anywhere else, or one that reaches past the outcome table, empties it, so no entry it
-    /// covered can be read stale.
-    #[test]
-    fn deleted_ranges_outside_the_outcome_table_empty_the_cache() {
-        let store = Counting::default();
-        let cache = StateCache::new(1 << 20).expect("cache");
-        let state = CachedState {
-            base: &store,
-            cache: &cache,
-        };
-        let a = key(MAP, b"a");
-        let fill = || {
-            commit(&store, &cache, [(a.clone(), Some(b"1".to_vec()))].into());
-            assert!(cache.entries.contains_key(a.as_slice()));
-        };
-        fill();
-        let outcomes = (key(OUTCOMES, b"\x00"), key(OUTCOMES, b"\xff"));
-        assert!(!cache.apply_deleted_ranges(std::slice::from_ref(&outcomes), &policy()));
-        assert!(!cache.apply_deleted_ranges(&[], &policy()));
-        assert!(
-            cache.entries.contains_key(a.as_slice()),
-            "outcome ranges leave the cache as it was"
-        );
-
-        let covering_a = (key(MAP, b""), key(MAP, b"b"));
-        let past_the_outcomes = (key(OUTCOMES, b"\x00"), key(OUTCOMES + 1, b""));
-        let too_short = (vec![0u8; 2], key(OUTCOMES, b""));
-        for range in [covering_a, past_the_outcomes, too_short] {
-            fill();
-            assert!(cache.apply_deleted_ranges(&[outcomes.clone(), range], &policy()));
-            assert!(!cache.entries.contains_key(a.as_slice()), "emptied");
-            // The next read goes to the store.
-            store.entries.lock().expect("lock").remove(&a);
-            assert_eq!(state.get(&a).expect("get"), None);
         }
     }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use lockstep_core::exec::{BatchInput, InputRecord, ResolvedIds};
+use lockstep_core::layout::key_pstate_id;
 use lockstep_core::store::{
     append_digest, BatchCommit, CommitRecord, CommitStore, ConsumedOffset, DepotEntry, DepotLog,
     DepotTrim, Entry, Overlaid, ProducerState, StateRead, StoreError,
@@ -2418,6 +2419,14 @@ fn trimmed_outcome_ranges(state: &TopologyState) -> Result<Vec<KeyRange>, Error>
     Ok(ranges)
 }
 
+/// Whether every range lies within PState `pstate_id`: keys order by their PState's id first,
+/// so a range does when both its ends carry that id.
+fn ranges_within_pstate(ranges: &[KeyRange], pstate_id: u32) -> bool {
+    ranges.iter().all(|(start, end)| {
+        key_pstate_id(start) == Some(pstate_id) && key_pstate_id(end) == Some(pstate_id)
+    })
+}
+
 /// Stops `state` for good after its batch failed: waiters hear why nothing more will commit.
 fn stop_topology(state: &TopologyState, error: &Error) {
     let name = state.topology.name();
@@ -2429,8 +2438,9 @@ fn stop_topology(state: &TopologyState, error: &Error) {
     state.commits.send_modify(|_| ());
 }
 
-/// Commits a prepared batch (one synced write) and publishes it: progress, waiters, cache,
-/// stats. A failed commit poisons the engine.
+/// Commits a prepared batch (one synced write) and publishes it: stats, progress, waiters,
+/// cache. A failed commit, or a batch that deletes a range outside its outcome table, poisons
+/// the engine.
 fn commit_batch(
     shared: &Shared,
     state: &TopologyState,
@@ -2458,6 +2468,20 @@ fn commit_batch(
         .map(|(k, v)| (k.len() + v.as_ref().map_or(0, Vec::len)) as u64)
         .sum();
 
+    // Retention deletes only trimmed records' outcomes. A range anywhere else could cover keys
+    // the state cache holds, or that the next batch, executing over this one's pending writes,
+    // reads from the store: neither follows range deletions. Such a batch is an engine bug;
+    // it is refused before anything is written.
+    if !ranges_within_pstate(&deleted_ranges, state.ids.outcome_pstate_id) {
+        let reason = format!(
+            "batch {batch_id} of topology {name:?} deletes a key range outside its outcome \
+             table (an engine bug); nothing of it was written"
+        );
+        shared.poison_and_wake(reason.clone());
+        state.progress_changed.notify_all();
+        state.commits.send_modify(|_| ());
+        return Err(Error::Poisoned { reason });
+    }
     let commit_started = Instant::now();
     let committed = {
         let _gate = shared.poison.admit()?;
@@ -2497,14 +2521,6 @@ fn commit_batch(
     // batch's result, and manual batches hold the run lock) or reads them from
     // `output_writes` as pending state until it does.
     if let Some(cache) = &shared.state_cache {
-        if cache.apply_deleted_ranges(&deleted_ranges, &state.cache_policy) {
-            tracing::warn!(
-                topology = name,
-                batch_id,
-                "a commit deleted a key range outside the uncached outcome table; \
-                 the state cache was emptied to stay coherent"
-            );
-        }
         cache.apply(&output_writes, &state.cache_policy);
     }
     let summary = BatchSummary {
@@ -2581,6 +2597,28 @@ fn commit(
 mod tests {
     use super::*;
     use lockstep_core::{NoMessages, TopologyBuilder};
+
+    /// A commit's range deletions must lie in one PState (the outcome table): a range with an
+    /// end in another PState, or too short to name one, does not.
+    #[test]
+    fn ranges_lie_within_a_pstate_only_when_both_ends_do() {
+        let key = |pstate_id: u32, rest: &[u8]| {
+            let mut key = pstate_id.to_be_bytes().to_vec();
+            key.extend_from_slice(rest);
+            key
+        };
+        let inside = (key(7, b"\x00"), key(7, b"\xff"));
+        assert!(ranges_within_pstate(&[], 7));
+        assert!(ranges_within_pstate(std::slice::from_ref(&inside), 7));
+        assert!(!ranges_within_pstate(std::slice::from_ref(&inside), 8));
+        for outside in [
+            (key(7, b"\x00"), key(8, b"")),
+            (key(6, b"\xff"), key(7, b"\x01")),
+            (vec![0, 0], key(7, b"")),
+        ] {
+            assert!(!ranges_within_pstate(&[inside.clone(), outside], 7));
+        }
+    }
 
     /// Retiring a topology deletes every entry of its PStates, its outcome table included,
     /// and its catalog entries and commit record; another topology's state is untouched.
