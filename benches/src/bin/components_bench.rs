@@ -314,12 +314,12 @@ fn lockstep_embedded_sustained(args: &Args, work: &Workloads) -> anyhow::Result<
     let rss_mib = peak_rss_mib();
     let cpu = CpuPerRole::of_engine(clients_cpu_ns.into_inner());
     let sent = loaded(&sent);
+    let sent_total: usize = sent.iter().sum();
     let stats = engine.stats(TOPOLOGY)?;
     ensure!(
-        stats.records == sent.iter().sum::<usize>() as u64,
-        "the engine processed {} records of the {} commands sent",
-        stats.records,
-        sent.iter().sum::<usize>()
+        stats.records == sent_total as u64,
+        "the engine processed {} records of the {sent_total} commands sent",
+        stats.records
     );
     Ok(Sustained {
         seconds,
@@ -1340,14 +1340,12 @@ fn main() -> anyhow::Result<()> {
     }
     network.short_commands_per_s = median(rates);
     network.commands_per_s = network.short_commands_per_s;
-    let mut network_sustained = Vec::new();
     if args.sustained_seconds > 0.0 {
         let mut rates = Vec::new();
         for _ in 0..args.runs {
             let run = lockstep_network_sustained(&args, &work)?;
             network.digest_ok &= run.digest == cycled_digest(&work, &run.sent).0;
             rates.push(run.commands_per_s());
-            network_sustained.push(run);
         }
         network.commands_per_s = median(rates);
     }

@@ -556,6 +556,13 @@ impl Shared {
         self.input.bump();
     }
 
+    /// [`Self::poison_and_wake`], for a batch that cannot be (or may not have been) committed:
+    /// the error its committer returns.
+    fn poison_batch(&self, reason: String) -> Error {
+        self.poison_and_wake(reason.clone());
+        Error::Poisoned { reason }
+    }
+
     pub(crate) fn topology(&self, name: &str) -> Result<&Arc<TopologyState>, Error> {
         self.topologies
             .get(name)
@@ -2045,8 +2052,7 @@ fn commit_or_poison(
             state.topology.name(),
             panic_message(panic.as_ref())
         );
-        shared.poison_and_wake(reason.clone());
-        Err(Error::Poisoned { reason })
+        Err(shared.poison_batch(reason))
     })
 }
 
@@ -2477,10 +2483,7 @@ fn commit_batch(
             "batch {batch_id} of topology {name:?} deletes a key range outside its outcome \
              table (an engine bug); nothing of it was written"
         );
-        shared.poison_and_wake(reason.clone());
-        state.progress_changed.notify_all();
-        state.commits.send_modify(|_| ());
-        return Err(Error::Poisoned { reason });
+        return Err(shared.poison_batch(reason));
     }
     let commit_started = Instant::now();
     let committed = {
@@ -2489,10 +2492,8 @@ fn commit_batch(
     };
     if let Err(e) = committed {
         let reason = format!("batch {batch_id} of topology {name:?} failed to commit: {e}");
-        shared.poison_and_wake(reason.clone());
-        state.progress_changed.notify_all();
-        state.commits.send_modify(|_| ());
-        return Err(Error::Poisoned { reason });
+        // Wakes this topology's waiters too, with every other topology's.
+        return Err(shared.poison_batch(reason));
     }
     let commit_latency_us = commit_started.elapsed().as_micros() as u64;
 
