@@ -1,4 +1,5 @@
-//! A bounded in-memory cache of committed state, in front of RocksDB, for handlers' point reads.
+//! A bounded in-memory cache of committed state, in front of RocksDB, for handlers' point reads
+//! and set scans.
 //!
 //! Handlers read before they write (is this id free, does the parent exist, what is the count),
 //! and mostly what was written lately: a component is updated, reparented or given children
@@ -23,10 +24,27 @@
 //! miss here is filled from RocksDB without excluding the refresh, which is safe only for that
 //! reason: the key it fills is not one the refresh writes. No topology reads another's keys.
 //! Snapshots never use the cache: they read RocksDB at a point in time.
+//!
+//! **Set scans.** A scan of a set PState within one bloom group (`layout::bloom_prefix`: for a
+//! string-keyed set, one set) is answered from the group's cached elements when it holds at
+//! most [`GROUP_ENTRIES_MAX`]. Hot sets change in nearly every batch, so each RocksDB scan of
+//! one seeks every memtable and table file and walks every version of every element the
+//! memtable holds, tombstones included: some 13 internal entries and several microseconds a
+//! scan, and over 40% of the driver's time in a sustained component run (BENCHMARKS.md, *Set
+//! scans from the cache*). A commit refreshes each cached group it wrote into, in place, as
+//! it refreshes point entries. Empty groups are cached too (a deleted component's children);
+//! the cache's eviction keeps the hot ones. A group is filled on a miss, and that fill may race a
+//! commit of the same group (a pipelined batch scans the committed state under the committing
+//! batch's writes, unlike its point reads): a fill is kept only if no commit refreshed the
+//! cache between the fill's read and its insert (`groups_refreshed`, counted under the lock
+//! that also orders the insert against the next refresh), so a fill from before a commit's
+//! write is either refreshed by that commit's refresh, which follows it, or dropped.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use lockstep_core::layout::key_pstate_id;
+use lockstep_core::layout::{
+    bloom_group_end, bloom_prefix, key_pstate_id, range_shares_bloom_prefix, PARTITION_PREFIX_BYTES,
+};
 use lockstep_core::store::{Entry, StateRead, StoreError, WriteSet};
 use quick_cache::sync::{Cache, DefaultLifecycle};
 use quick_cache::Weighter;
@@ -47,10 +65,49 @@ impl Weighter<Vec<u8>, Cached> for EntryBytes {
     }
 }
 
+/// Most elements a bloom group may hold to be cached: a scan of a larger one reads RocksDB.
+pub(crate) const GROUP_ENTRIES_MAX: usize = 64;
+
+/// A cached bloom group (keyed by its prefix): its entries in key order, or that it holds more
+/// than [`GROUP_ENTRIES_MAX`].
+#[derive(Debug, Clone)]
+enum Group {
+    Complete(Arc<[Entry]>),
+    TooLarge,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct GroupBytes;
+
+impl Weighter<Vec<u8>, Group> for GroupBytes {
+    fn weight(&self, prefix: &Vec<u8>, group: &Group) -> u64 {
+        let entries = match group {
+            Group::Complete(entries) => entries
+                .iter()
+                .map(|(key, value)| (key.len() + value.len()) as u64 + ENTRY_OVERHEAD_BYTES)
+                .sum(),
+            Group::TooLarge => 0,
+        };
+        prefix.len() as u64 + ENTRY_OVERHEAD_BYTES + entries
+    }
+}
+
+/// A commit's write to a set, with its bloom group: `(prefix, key, value)`.
+type GroupWrite<'a> = (&'a [u8], &'a [u8], &'a Option<Vec<u8>>);
+
+/// The share of the cache's bytes its bloom groups may use (the rest is for point entries).
+const GROUP_BYTES_DIVISOR: u64 = 8;
+
 pub(crate) struct StateCache {
     /// A fixed hasher, not a randomly seeded one: which entries are evicted is then the same
     /// on every run, so a simulation seed replays evictions too.
     entries: Cache<Vec<u8>, Cached, EntryBytes, Xxh3DefaultBuilder>,
+    /// Set PStates' bloom groups, by prefix.
+    groups: Cache<Vec<u8>, Group, GroupBytes, Xxh3DefaultBuilder>,
+    /// How many commits have refreshed `groups`. Held while a commit refreshes them and while
+    /// a fill checks it and inserts, so that a fill is inserted either before a refresh (which
+    /// then updates it) or not at all.
+    groups_refreshed: Mutex<u64>,
 }
 
 impl std::fmt::Debug for StateCache {
@@ -58,6 +115,8 @@ impl std::fmt::Debug for StateCache {
         f.debug_struct("StateCache")
             .field("entries", &self.entries.len())
             .field("bytes", &self.entries.weight())
+            .field("groups", &self.groups.len())
+            .field("group_bytes", &self.groups.weight())
             .finish()
     }
 }
@@ -69,16 +128,34 @@ impl StateCache {
             return None;
         }
         let bytes_max = bytes_max as u64;
-        let items_estimate = (bytes_max / (ENTRY_OVERHEAD_BYTES * 2)).max(16) as usize;
+        let group_bytes_max = bytes_max / GROUP_BYTES_DIVISOR;
+        let entry_bytes_max = bytes_max - group_bytes_max;
+        let items_estimate = (entry_bytes_max / (ENTRY_OVERHEAD_BYTES * 2)).max(16) as usize;
+        let groups_estimate = (group_bytes_max / (ENTRY_OVERHEAD_BYTES * 8)).max(16) as usize;
         Some(Self {
             entries: Cache::with(
                 items_estimate,
-                bytes_max,
+                entry_bytes_max,
                 EntryBytes,
                 Xxh3DefaultBuilder::new(),
                 DefaultLifecycle::default(),
             ),
+            groups: Cache::with(
+                groups_estimate,
+                group_bytes_max,
+                GroupBytes,
+                Xxh3DefaultBuilder::new(),
+                DefaultLifecycle::default(),
+            ),
+            groups_refreshed: Mutex::new(0),
         })
+    }
+
+    fn lock_groups_refreshed(&self) -> MutexGuard<'_, u64> {
+        // The count is only ever incremented; a panic elsewhere cannot leave it torn.
+        self.groups_refreshed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Puts what a durable commit wrote into the cache, as `policy` says for each key's
@@ -99,7 +176,13 @@ impl StateCache {
     /// third of what the cache added to the committer's time. Checking and then replacing is
     /// not racy: no reader fills a key this commit wrote until it returns (see the module
     /// doc), and an entry evicted in between makes `replace` decline, leaving nothing stale.
+    ///
+    /// Set writes also refresh their bloom group if it is cached. Writes come in key order and
+    /// a group is contiguous, so each group's writes are applied together.
     pub(crate) fn apply(&self, writes: &[WriteSet], policy: &CachePolicy) {
+        // Each set write's bloom group, with the write: in key order, so a group's writes are
+        // adjacent. Refreshed below under the lock, which fills of other batches wait for.
+        let mut group_writes: Vec<GroupWrite<'_>> = Vec::new();
         for (key, value) in writes.iter().flatten() {
             match policy.on_write(key) {
                 OnWrite::Skip => {}
@@ -117,9 +200,65 @@ impl StateCache {
                             self.entries.remove(key.as_ref());
                         }
                     }
+                    if key.len() >= PARTITION_PREFIX_BYTES {
+                        group_writes.push((bloom_prefix(key), key, value));
+                    }
                 }
             }
         }
+        let mut refreshed = self.lock_groups_refreshed();
+        *refreshed += 1;
+        for one_group in group_writes.chunk_by(|a, b| a.0 == b.0) {
+            self.refresh_group(one_group[0].0, one_group);
+        }
+    }
+
+    /// Applies one commit's writes (in key order) to the bloom group `prefix`, if cached. A
+    /// group grown past [`GROUP_ENTRIES_MAX`] becomes a marker, which stays however the group
+    /// shrinks (until evicted: its scans read the store, as they would uncached); a group whose
+    /// new entries the cache declines is dropped, to be read again.
+    fn refresh_group(&self, prefix: &[u8], writes: &[GroupWrite<'_>]) {
+        let Some(Group::Complete(entries)) = self.groups.peek(prefix) else {
+            return;
+        };
+        let mut entries = entries.to_vec();
+        for (_, key, value) in writes {
+            let at = entries.binary_search_by(|(entry_key, _)| entry_key.as_slice().cmp(*key));
+            match (at, value) {
+                (Ok(at), Some(value)) => entries[at].1.clone_from(value),
+                (Err(at), Some(value)) => entries.insert(at, (key.to_vec(), value.clone())),
+                (Ok(at), None) => {
+                    entries.remove(at);
+                }
+                (Err(_), None) => {}
+            }
+        }
+        let group = if entries.len() > GROUP_ENTRIES_MAX {
+            Group::TooLarge
+        } else {
+            Group::Complete(entries.into())
+        };
+        if self.groups.replace(prefix.to_vec(), group, true).is_err() {
+            self.groups.remove(prefix);
+        }
+    }
+
+    /// The cached group `prefix`, if any.
+    fn group(&self, prefix: &[u8]) -> Option<Group> {
+        self.groups.get(prefix)
+    }
+
+    /// Caches `group`, read from the store after `refreshed_before` commits had refreshed the
+    /// groups, unless another has since (its write may be missing from what was read).
+    fn fill_group(&self, prefix: &[u8], group: Group, refreshed_before: u64) {
+        let refreshed = self.lock_groups_refreshed();
+        if *refreshed == refreshed_before {
+            self.groups.insert(prefix.to_vec(), group);
+        }
+    }
+
+    fn groups_refreshed(&self) -> u64 {
+        *self.lock_groups_refreshed()
     }
 }
 
@@ -152,6 +291,12 @@ impl CachePolicy {
         }
     }
 
+    /// Whether scans of `key`'s PState may be answered from cached bloom groups: those of set
+    /// PStates, whose commits refresh them (`StateCache::apply`).
+    fn caches_groups(&self, key: &[u8]) -> bool {
+        self.on_write(key) == OnWrite::RefreshIfCached
+    }
+
     fn on_write(&self, key: &[u8]) -> OnWrite {
         // A key too short to name a PState is refreshed if cached: the safe choice for a key
         // this policy cannot place.
@@ -172,6 +317,8 @@ impl CachePolicy {
 pub(crate) struct CachedState<'a, S> {
     pub(crate) base: S,
     pub(crate) cache: &'a StateCache,
+    /// The reading topology's: which scans bloom groups may answer.
+    pub(crate) policy: &'a CachePolicy,
 }
 
 impl<S: StateRead> StateRead for CachedState<'_, S> {
@@ -206,7 +353,38 @@ impl<S: StateRead> StateRead for CachedState<'_, S> {
     }
 
     fn scan(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
-        self.base.scan(from, to, limit)
+        if !range_shares_bloom_prefix(from, to) || !self.policy.caches_groups(from) {
+            return self.base.scan(from, to, limit);
+        }
+        let prefix = bloom_prefix(from);
+        let entries = match self.cache.group(prefix) {
+            Some(Group::Complete(entries)) => entries,
+            Some(Group::TooLarge) => return self.base.scan(from, to, limit),
+            None => {
+                let refreshed_before = self.cache.groups_refreshed();
+                let group_end = bloom_group_end(prefix);
+                let read = self.base.scan(prefix, &group_end, GROUP_ENTRIES_MAX + 1)?;
+                if read.len() > GROUP_ENTRIES_MAX {
+                    self.cache
+                        .fill_group(prefix, Group::TooLarge, refreshed_before);
+                    return self.base.scan(from, to, limit);
+                }
+                let entries: Arc<[Entry]> = read.into();
+                self.cache.fill_group(
+                    prefix,
+                    Group::Complete(Arc::clone(&entries)),
+                    refreshed_before,
+                );
+                entries
+            }
+        };
+        let start = entries.partition_point(|(key, _)| key.as_slice() < from);
+        Ok(entries[start..]
+            .iter()
+            .take_while(|(key, _)| key.as_slice() < to)
+            .take(limit)
+            .cloned()
+            .collect())
     }
 }
 
@@ -216,11 +394,13 @@ mod tests {
     use std::collections::BTreeMap;
     use std::sync::Mutex;
 
-    /// A store that counts its reads.
+    /// A store that counts its reads, and can run a commit in the middle of its next scan
+    /// (after reading, before returning), as a commit may race a pipelined batch's scan.
     #[derive(Default)]
     struct Counting {
         entries: Mutex<BTreeMap<Vec<u8>, Vec<u8>>>,
         reads: Mutex<u64>,
+        during_next_scan: Mutex<Option<Box<dyn FnOnce() + Send>>>,
     }
 
     impl StateRead for Counting {
@@ -229,8 +409,24 @@ mod tests {
             Ok(self.entries.lock().expect("lock").get(key).cloned())
         }
 
-        fn scan(&self, _: &[u8], _: &[u8], _: usize) -> Result<Vec<Entry>, StoreError> {
-            Ok(Vec::new())
+        fn scan(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
+            *self.reads.lock().expect("lock") += 1;
+            let read = if from < to {
+                self.entries
+                    .lock()
+                    .expect("lock")
+                    .range(from.to_vec()..to.to_vec())
+                    .take(limit)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let during = self.during_next_scan.lock().expect("lock").take();
+            if let Some(during) = during {
+                during();
+            }
+            Ok(read)
         }
     }
 
@@ -278,9 +474,11 @@ mod tests {
     fn map_writes_go_through_and_present_misses_fill() {
         let store = Counting::default();
         let cache = StateCache::new(1 << 20).expect("cache");
+        let policy = policy();
         let state = CachedState {
             base: &store,
             cache: &cache,
+            policy: &policy,
         };
         let a = key(MAP, b"a");
         assert_eq!(state.get(&a).expect("get"), None);
@@ -322,9 +520,11 @@ mod tests {
     fn set_entries_are_refreshed_only_if_cached_and_outcomes_never_cached() {
         let store = Counting::default();
         let cache = StateCache::new(1 << 20).expect("cache");
+        let policy = policy();
         let state = CachedState {
             base: &store,
             cache: &cache,
+            policy: &policy,
         };
         let element = key(SET, b"parent/child");
         commit(&store, &cache, [(element.clone(), Some(Vec::new()))].into());
@@ -370,9 +570,11 @@ mod tests {
     fn a_value_too_heavy_to_cache_drops_the_stale_entry() {
         let store = Counting::default();
         let cache = StateCache::new(16 << 10).expect("cache");
+        let policy = policy();
         let state = CachedState {
             base: &store,
             cache: &cache,
+            policy: &policy,
         };
         let a = key(MAP, b"a");
         commit(
@@ -409,9 +611,11 @@ mod tests {
     fn the_cache_stays_within_its_bytes_and_coherent_under_eviction() {
         let store = Counting::default();
         let cache = StateCache::new(16 << 10).expect("cache");
+        let policy = policy();
         let state = CachedState {
             base: &store,
             cache: &cache,
+            policy: &policy,
         };
         for round in 0..5u32 {
             for i in 0..2_000u32 {
@@ -432,6 +636,191 @@ mod tests {
                 state.get(&entry).expect("get"),
                 Some((i + 4).to_be_bytes().to_vec())
             );
+        }
+    }
+
+    /// The laid-out key of `element` in the set `set_key` of the set PState (partition 0).
+    fn element(set_key: &str, element: &str) -> Vec<u8> {
+        let mut encoded = lockstep_core::encode_key(&set_key).expect("encode");
+        lockstep_core::encode_key_into(&element, &mut encoded).expect("encode");
+        lockstep_core::layout::entry_key(SET, 0, &encoded)
+    }
+
+    /// The range a scan of the whole set `set_key` reads.
+    fn set_range(set_key: &str) -> (Vec<u8>, Vec<u8>) {
+        let encoded = lockstep_core::encode_key(&set_key).expect("encode");
+        lockstep_core::layout::prefix_range(&lockstep_core::layout::entry_key(SET, 0, &encoded))
+    }
+
+    fn scan(state: &impl StateRead, (from, to): &(Vec<u8>, Vec<u8>), limit: usize) -> Vec<Vec<u8>> {
+        state
+            .scan(from, to, limit)
+            .expect("scan")
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect()
+    }
+
+    /// A set's scan is read from the store once, then answered from its cached group, which
+    /// commits keep current (adds, removes, a value rewritten); a group grown past the limit
+    /// is read from the store again; map scans are never cached.
+    #[test]
+    fn set_scans_answer_from_cached_groups_that_commits_refresh() {
+        let store = Counting::default();
+        let cache = StateCache::new(1 << 20).expect("cache");
+        let policy = policy();
+        let state = CachedState {
+            base: &store,
+            cache: &cache,
+            policy: &policy,
+        };
+        let parent = set_range("parent");
+        commit(
+            &store,
+            &cache,
+            [(element("parent", "a"), Some(Vec::new()))].into(),
+        );
+        assert_eq!(scan(&state, &parent, 10), vec![element("parent", "a")]);
+        assert_eq!(reads(&store), 1);
+        assert_eq!(scan(&state, &parent, 10), vec![element("parent", "a")]);
+        assert_eq!(scan(&state, &parent, 0), Vec::<Vec<u8>>::new());
+        assert_eq!(reads(&store), 1, "answered from the cached group");
+
+        commit(
+            &store,
+            &cache,
+            [
+                (element("parent", "a"), None),
+                (element("parent", "b"), Some(Vec::new())),
+                (element("parent", "c"), Some(Vec::new())),
+                (element("other", "x"), Some(Vec::new())),
+            ]
+            .into(),
+        );
+        assert_eq!(
+            scan(&state, &parent, 10),
+            vec![element("parent", "b"), element("parent", "c")]
+        );
+        assert_eq!(scan(&state, &parent, 1), vec![element("parent", "b")]);
+        // A page after "b": a range within the group.
+        let after_b = (element("parent", "b\0"), parent.1.clone());
+        assert_eq!(scan(&state, &after_b, 10), vec![element("parent", "c")]);
+        assert_eq!(reads(&store), 1, "the commit refreshed the group in place");
+
+        // An empty set is cached as an empty group.
+        let empty = set_range("nobody");
+        assert!(scan(&state, &empty, 10).is_empty());
+        assert!(scan(&state, &empty, 10).is_empty());
+        assert_eq!(reads(&store), 2);
+
+        // Past the limit: a marker, and every scan reads the store.
+        let many: WriteSet = (0..=GROUP_ENTRIES_MAX)
+            .map(|i| (element("parent", &format!("{i:03}")), Some(Vec::new())))
+            .collect();
+        commit(&store, &cache, many);
+        let all = scan(&state, &parent, 1000);
+        assert_eq!(all.len(), GROUP_ENTRIES_MAX + 3);
+        let reads_before = reads(&store);
+        assert_eq!(scan(&state, &parent, 1000), all);
+        assert_eq!(reads(&store), reads_before + 1);
+        // The marker stays as the group shrinks: its scans read the store, and see it shrink.
+        let fewer: WriteSet = (0..=GROUP_ENTRIES_MAX)
+            .map(|i| (element("parent", &format!("{i:03}")), None))
+            .collect();
+        commit(&store, &cache, fewer);
+        let reads_before = reads(&store);
+        assert_eq!(scan(&state, &parent, 10).len(), 2);
+        assert_eq!(scan(&state, &parent, 10).len(), 2);
+        assert_eq!(reads(&store), reads_before + 2);
+
+        // A map's scans always read the store.
+        let map_range = lockstep_core::layout::prefix_range(&lockstep_core::layout::entry_key(
+            MAP,
+            0,
+            &lockstep_core::encode_key(&"k").expect("encode"),
+        ));
+        let reads_before = reads(&store);
+        scan(&state, &map_range, 10);
+        scan(&state, &map_range, 10);
+        assert_eq!(reads(&store), reads_before + 2);
+    }
+
+    /// A group read from the store before a commit's write, and filled after that commit's
+    /// refresh, would be stale forever: the fill is dropped, and the next scan reads the
+    /// commit's elements. A fill that no commit raced is kept and refreshed.
+    #[test]
+    fn a_fill_that_races_a_commit_is_not_kept() {
+        let store = Arc::new(Counting::default());
+        let cache = Arc::new(StateCache::new(1 << 20).expect("cache"));
+        let policy = policy();
+        let state = CachedState {
+            base: &*store,
+            cache: &cache,
+            policy: &policy,
+        };
+        let parent = set_range("parent");
+        let (racing_store, racing_cache) = (Arc::clone(&store), Arc::clone(&cache));
+        *store.during_next_scan.lock().expect("lock") = Some(Box::new(move || {
+            commit(
+                &racing_store,
+                &racing_cache,
+                [(element("parent", "new"), Some(Vec::new()))].into(),
+            );
+        }));
+        assert!(
+            scan(&state, &parent, 10).is_empty(),
+            "read before the commit"
+        );
+        assert_eq!(scan(&state, &parent, 10), vec![element("parent", "new")]);
+        assert_eq!(scan(&state, &parent, 10), vec![element("parent", "new")]);
+        assert_eq!(
+            reads(&store),
+            2,
+            "the second fill raced nothing and was kept"
+        );
+        commit(&store, &cache, [(element("parent", "new"), None)].into());
+        assert!(scan(&state, &parent, 10).is_empty());
+        assert_eq!(reads(&store), 2);
+    }
+
+    proptest::proptest! {
+        /// Scans through the cache, of whole sets and of pages within them, equal the store's,
+        /// over commits of puts and deletes to a few sets (some past the group limit), with a
+        /// cache small enough to evict.
+        #[test]
+        fn cached_scans_equal_the_stores(
+            steps in proptest::collection::vec(
+                (
+                    proptest::collection::vec((0usize..3, 0usize..80, proptest::bool::ANY), 0..40),
+                    0usize..3,
+                    0usize..80,
+                    1usize..100,
+                ),
+                1..30,
+            ),
+            cache_bytes in proptest::sample::select(vec![4usize << 10, 1 << 20]),
+        ) {
+            let sets = ["a", "a\0b", "ab"];
+            let store = Counting::default();
+            let cache = StateCache::new(cache_bytes).expect("cache");
+            let policy = policy();
+            let state = CachedState { base: &store, cache: &cache, policy: &policy };
+            for (writes, set, after, limit) in steps {
+                let writes: WriteSet = writes
+                    .into_iter()
+                    .map(|(set, i, put)| {
+                        (element(sets[set], &format!("{i:02}")), put.then(|| vec![i as u8]))
+                    })
+                    .collect();
+                commit(&store, &cache, writes);
+                let whole = set_range(sets[set]);
+                let page = (element(sets[set], &format!("{after:02}")), whole.1.clone());
+                for range in [whole, page] {
+                    let through_cache = state.scan(&range.0, &range.1, limit).expect("scan");
+                    let from_store = store.scan(&range.0, &range.1, limit).expect("scan");
+                    proptest::prop_assert_eq!(through_cache, from_store);
+                }
+            }
         }
     }
 }

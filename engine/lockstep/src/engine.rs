@@ -115,10 +115,11 @@ pub struct EngineOptions {
     pub append_group_bytes_max: usize,
     /// Threads that run the partitions of one round.
     pub threads: usize,
-    /// Bytes of committed state kept in memory for handlers' point reads (0: none), counting
-    /// keys, values and an estimate of each entry's bookkeeping; the cache's real footprint
-    /// is proportional to this (up to about twice it), and independent of the state's size.
-    /// Commits write their map entries through to it, and reads of existing keys fill it.
+    /// Bytes of committed state kept in memory for handlers' point reads and set scans (0:
+    /// none), counting keys, values and an estimate of each entry's bookkeeping; the cache's
+    /// real footprint is proportional to this (up to about twice it), and independent of the
+    /// state's size. Commits write their map entries through to it, and reads of existing keys
+    /// fill it. An eighth of it holds small sets' elements whole, for their scans.
     ///
     /// 64 MiB by default. Under a steady load the memtables grow to millions of entries and
     /// every read of recently written state walks their skiplist; the cache answers those
@@ -2325,10 +2326,11 @@ fn prepare_batch(
     let _entered = tracing::debug_span!("execute", topology = name, batch_id).entered();
 
     let live = shared.store.live()?;
-    let cached = shared
-        .state_cache
-        .as_ref()
-        .map(|cache| CachedState { base: &live, cache });
+    let cached = shared.state_cache.as_ref().map(|cache| CachedState {
+        base: &live,
+        cache,
+        policy: &state.cache_policy,
+    });
     let committed: &dyn StateRead = match &cached {
         Some(cached) => cached,
         None => &live,
