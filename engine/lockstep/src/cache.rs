@@ -447,6 +447,17 @@ mod tests {
         CachePolicy::new(vec![MAP], OUTCOMES)
     }
 
+    static POLICY: std::sync::LazyLock<CachePolicy> = std::sync::LazyLock::new(policy);
+
+    /// `store` read through `cache`, under the tests' policy.
+    fn cached<'a, S: StateRead>(store: &'a S, cache: &'a StateCache) -> CachedState<'a, &'a S> {
+        CachedState {
+            base: store,
+            cache,
+            policy: &POLICY,
+        }
+    }
+
     /// A laid-out key of PState `pstate_id`.
     fn key(pstate_id: u32, name: &[u8]) -> Vec<u8> {
         let mut key = pstate_id.to_be_bytes().to_vec();
@@ -474,12 +485,7 @@ mod tests {
     fn map_writes_go_through_and_present_misses_fill() {
         let store = Counting::default();
         let cache = StateCache::new(1 << 20).expect("cache");
-        let policy = policy();
-        let state = CachedState {
-            base: &store,
-            cache: &cache,
-            policy: &policy,
-        };
+        let state = cached(&store, &cache);
         let a = key(MAP, b"a");
         assert_eq!(state.get(&a).expect("get"), None);
         assert_eq!(state.get(&a).expect("get"), None);
@@ -520,12 +526,7 @@ mod tests {
     fn set_entries_are_refreshed_only_if_cached_and_outcomes_never_cached() {
         let store = Counting::default();
         let cache = StateCache::new(1 << 20).expect("cache");
-        let policy = policy();
-        let state = CachedState {
-            base: &store,
-            cache: &cache,
-            policy: &policy,
-        };
+        let state = cached(&store, &cache);
         let element = key(SET, b"parent/child");
         commit(&store, &cache, [(element.clone(), Some(Vec::new()))].into());
         assert!(
@@ -570,12 +571,7 @@ mod tests {
     fn a_value_too_heavy_to_cache_drops_the_stale_entry() {
         let store = Counting::default();
         let cache = StateCache::new(16 << 10).expect("cache");
-        let policy = policy();
-        let state = CachedState {
-            base: &store,
-            cache: &cache,
-            policy: &policy,
-        };
+        let state = cached(&store, &cache);
         let a = key(MAP, b"a");
         commit(
             &store,
@@ -611,12 +607,7 @@ mod tests {
     fn the_cache_stays_within_its_bytes_and_coherent_under_eviction() {
         let store = Counting::default();
         let cache = StateCache::new(16 << 10).expect("cache");
-        let policy = policy();
-        let state = CachedState {
-            base: &store,
-            cache: &cache,
-            policy: &policy,
-        };
+        let state = cached(&store, &cache);
         for round in 0..5u32 {
             for i in 0..2_000u32 {
                 let entry = key(MAP, &i.to_be_bytes());
@@ -668,12 +659,7 @@ mod tests {
     fn set_scans_answer_from_cached_groups_that_commits_refresh() {
         let store = Counting::default();
         let cache = StateCache::new(1 << 20).expect("cache");
-        let policy = policy();
-        let state = CachedState {
-            base: &store,
-            cache: &cache,
-            policy: &policy,
-        };
+        let state = cached(&store, &cache);
         let parent = set_range("parent");
         commit(
             &store,
@@ -752,12 +738,7 @@ mod tests {
     fn a_fill_that_races_a_commit_is_not_kept() {
         let store = Arc::new(Counting::default());
         let cache = Arc::new(StateCache::new(1 << 20).expect("cache"));
-        let policy = policy();
-        let state = CachedState {
-            base: &*store,
-            cache: &cache,
-            policy: &policy,
-        };
+        let state = cached(&*store, &cache);
         let parent = set_range("parent");
         let (racing_store, racing_cache) = (Arc::clone(&store), Arc::clone(&cache));
         *store.during_next_scan.lock().expect("lock") = Some(Box::new(move || {
@@ -803,8 +784,7 @@ mod tests {
             let sets = ["a", "a\0b", "ab"];
             let store = Counting::default();
             let cache = StateCache::new(cache_bytes).expect("cache");
-            let policy = policy();
-            let state = CachedState { base: &store, cache: &cache, policy: &policy };
+            let state = cached(&store, &cache);
             for (writes, set, after, limit) in steps {
                 let writes: WriteSet = writes
                     .into_iter()
