@@ -98,11 +98,12 @@ pub fn bloom_prefix(key: &[u8]) -> &[u8] {
 /// [`PARTITION_PREFIX_BYTES`] long: they are `prefix` and the keys from `prefix ++ 0x00` up to,
 /// not including, `prefix ++ 0x00 0xFF` (where an escaped `0x00` goes on with a longer string).
 pub fn bloom_group_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = Vec::with_capacity(prefix.len() + 2);
-    end.extend_from_slice(prefix);
-    end.extend_from_slice(&[0, u8::MAX]);
-    end
+    [prefix, &BLOOM_GROUP_END_SUFFIX].concat()
 }
+
+/// What follows a bloom prefix to make its group's end: an escaped `0x00`, the least byte pair
+/// that continues a string rather than ending it.
+const BLOOM_GROUP_END_SUFFIX: [u8; 2] = [0, u8::MAX];
 
 /// Whether every key in `[from, to)` has the bloom prefix of `from`, so that a scan of the range
 /// may consult prefix bloom filters and the range lies within one bloom group: true when `to`
@@ -113,7 +114,8 @@ pub fn range_shares_bloom_prefix(from: &[u8], to: &[u8]) -> bool {
         return false;
     }
     let prefix = bloom_prefix(from);
-    let group_end = prefix.iter().chain(&[0, u8::MAX]);
+    // `bloom_group_end(prefix)`, compared without building it.
+    let group_end = prefix.iter().chain(&BLOOM_GROUP_END_SUFFIX);
     to.iter().cmp(group_end) != std::cmp::Ordering::Greater
 }
 
