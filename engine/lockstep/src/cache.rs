@@ -165,7 +165,7 @@ impl StateCache {
     /// and a declined refresh is removed here.
     ///
     /// Deleting a map entry caches its absence: a tombstone in the memtable would otherwise
-    /// pass the memtable's Bloom filter and cost a skiplist walk to read. The range deletions
+    /// cost a skiplist walk to read. The range deletions
     /// a commit makes (`BatchCommit::deleted_ranges`) are not seen here: they lie in the
     /// outcome table, which is never cached, and the commit refuses any that does not
     /// (`commit_batch`), since neither this cache nor a pipelined batch's pending state could

@@ -124,10 +124,14 @@ impl RocksStore {
             table.set_block_cache(&block_cache);
             if name == CF_STATE {
                 // Handlers look up many keys that do not exist (a create checks its id is free,
-                // a command names a missing parent): bloom filters answer those without
-                // walking the memtable's skiplist or reading a block.
-                cf_options.set_memtable_prefix_bloom_ratio(0.1);
-                cf_options.set_memtable_whole_key_filtering(true);
+                // a command names a missing parent): the table files' bloom filters answer
+                // those without reading a block. Memtables have no filter, on purpose: with
+                // one (`memtable_prefix_bloom_ratio`), each insert paid two cache misses into
+                // a filter of megabytes, a tenth of the committer's time, and the committer,
+                // which also waits for the sync, is what paces a loaded pipeline. The state
+                // cache answers most reads before they reach a memtable; what the filter
+                // saved the driver on the rest was less than it cost (BENCHMARKS.md, *No
+                // memtable filter*).
                 table.set_bloom_filter(10.0, false);
                 // The filters also hold each key's bloom prefix, so that a scan of a set that
                 // a memtable or table file lacks (a deleted leaf's children: most cascade
