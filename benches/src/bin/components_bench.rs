@@ -1233,6 +1233,15 @@ fn latency_rate(args: &Args, peak_commands_per_s: f64) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // `RUST_LOG=lockstep=debug` logs every batch's commit latency and batch latency with a
+    // timestamp, to line a latency run's slow batches up with RocksDB's LOG (flushes,
+    // compactions). Warnings only otherwise.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     ensure!(
         args.clients > 0 && args.runs > 0 && args.chunk > 0,
         "--clients, --runs and --chunk must be at least 1"
