@@ -165,11 +165,11 @@ impl StateCache {
     /// and a declined refresh is removed here.
     ///
     /// Deleting a map entry caches its absence: a tombstone in the memtable would otherwise
-    /// cost a skiplist walk to read. The range deletions
-    /// a commit makes (`BatchCommit::deleted_ranges`) are not seen here: they lie in the
-    /// outcome table, which is never cached, and the commit refuses any that does not
-    /// (`commit_batch`), since neither this cache nor a pipelined batch's pending state could
-    /// follow a range deletion anywhere else.
+    /// cost a skiplist walk to read. The range deletions a commit makes
+    /// (`BatchCommit::deleted_ranges`) are not seen here: they lie in the outcome table, which
+    /// is never cached, and the commit refuses any that does not (`commit_batch`), since
+    /// neither this cache nor a pipelined batch's pending state could follow a range deletion
+    /// anywhere else.
     ///
     /// Entries that are only refreshed are looked up by reference first, as most are not
     /// cached: copying each key and value only to have `replace` decline it was a quarter to a
