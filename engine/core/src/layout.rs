@@ -70,8 +70,8 @@ pub fn prefix_range(prefix: &[u8]) -> (Vec<u8>, Vec<u8>) {
 /// For a map or set whose key is a string or bytes, that `0x00` begins the key's terminator, so
 /// this is `[pstate id][partition]` and the key's escaped bytes: every element of one set shares
 /// it, and so does the whole range a scan of the set reads. A scan of a set absent from a
-/// memtable or table file then skips it on the bloom filter's word, where it used to seek
-/// through its skiplist or index. Keys of other types cut somewhere inside: their groups are
+/// table file then skips it on the bloom filter's word, where it used to seek through its
+/// index. Keys of other types cut somewhere inside: their groups are
 /// coarser (at worst a whole PState partition), which costs filtering, never a result.
 ///
 /// RocksDB requires of a prefix extractor that keys sharing a prefix be contiguous in key order
@@ -105,18 +105,18 @@ pub fn bloom_group_end(prefix: &[u8]) -> Vec<u8> {
 /// that continues a string rather than ending it.
 const BLOOM_GROUP_END_SUFFIX: [u8; 2] = [0, u8::MAX];
 
-/// Whether every key in `[from, to)` has the bloom prefix of `from`, so that a scan of the range
-/// may consult prefix bloom filters and the range lies within one bloom group: true when `to`
-/// is at most the group's end ([`bloom_group_end`]). Never for keys shorter than the partition
+/// The bloom prefix of `from`, if every key in `[from, to)` has it, so that a scan of the range
+/// may consult prefix bloom filters and the range lies within one bloom group: when `to` is at
+/// most the group's end ([`bloom_group_end`]). Never for keys shorter than the partition
 /// prefix, whose bloom prefix is the whole key.
-pub fn range_shares_bloom_prefix(from: &[u8], to: &[u8]) -> bool {
+pub fn range_bloom_prefix<'a>(from: &'a [u8], to: &[u8]) -> Option<&'a [u8]> {
     if from >= to || from.len() < PARTITION_PREFIX_BYTES {
-        return false;
+        return None;
     }
     let prefix = bloom_prefix(from);
     // `bloom_group_end(prefix)`, compared without building it.
     let group_end = prefix.iter().chain(&BLOOM_GROUP_END_SUFFIX);
-    to.iter().cmp(group_end) != std::cmp::Ordering::Greater
+    (to.iter().cmp(group_end) != std::cmp::Ordering::Greater).then_some(prefix)
 }
 
 #[cfg(test)]
@@ -170,7 +170,7 @@ mod tests {
                 // A range that shares a bloom prefix holds only keys with it, and a bloom
                 // group's range holds exactly the keys of the group.
                 for to in &keys {
-                    if range_shares_bloom_prefix(first, to) {
+                    if range_bloom_prefix(first, to).is_some() {
                         for key in keys.iter().filter(|k| *k >= first && *k < to) {
                             prop_assert_eq!(bloom_prefix(key), bloom_prefix(first));
                         }
@@ -179,7 +179,7 @@ mod tests {
                 let prefix = bloom_prefix(first);
                 if prefix.len() >= PARTITION_PREFIX_BYTES {
                     let end = bloom_group_end(prefix);
-                    prop_assert!(range_shares_bloom_prefix(prefix, &end));
+                    prop_assert!(range_bloom_prefix(prefix, &end).is_some());
                     for key in &keys {
                         let in_group = key.as_slice() >= prefix && *key < end;
                         prop_assert_eq!(in_group, bloom_prefix(key) == prefix, "{:?}", key);
@@ -206,7 +206,7 @@ mod tests {
         ) {
             let encoded = crate::keycodec::encode_key(&set_key).expect("encode");
             let (from, to) = prefix_range(&entry_key(3, 1, &encoded));
-            prop_assert!(range_shares_bloom_prefix(&from, &to));
+            prop_assert!(range_bloom_prefix(&from, &to).is_some());
             let mut element_key = entry_key(3, 1, &encoded);
             crate::keycodec::encode_key_into(&element, &mut element_key).expect("encode");
             prop_assert_eq!(bloom_prefix(&element_key), bloom_prefix(&from));
@@ -224,7 +224,7 @@ mod tests {
         assert_eq!(bloom_prefix(&key), &key[..9]);
         // Nothing after the partition prefix is cut; a short key is its own prefix.
         assert_eq!(bloom_prefix(&[0, 0, 0]), &[0, 0, 0]);
-        assert!(!range_shares_bloom_prefix(b"b", b"a"));
+        assert!(range_bloom_prefix(b"b", b"a").is_none());
     }
 
     #[test]

@@ -43,7 +43,7 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use lockstep_core::layout::{
-    bloom_group_end, bloom_prefix, key_pstate_id, range_shares_bloom_prefix, PARTITION_PREFIX_BYTES,
+    bloom_group_end, bloom_prefix, key_pstate_id, range_bloom_prefix, PARTITION_PREFIX_BYTES,
 };
 use lockstep_core::store::{Entry, StateRead, StoreError, WriteSet};
 use quick_cache::sync::{Cache, DefaultLifecycle};
@@ -353,10 +353,10 @@ impl<S: StateRead> StateRead for CachedState<'_, S> {
     }
 
     fn scan(&self, from: &[u8], to: &[u8], limit: usize) -> Result<Vec<Entry>, StoreError> {
-        if !range_shares_bloom_prefix(from, to) || !self.policy.caches_groups(from) {
+        let Some(prefix) = range_bloom_prefix(from, to).filter(|_| self.policy.caches_groups(from))
+        else {
             return self.base.scan(from, to, limit);
-        }
-        let prefix = bloom_prefix(from);
+        };
         let entries = match self.cache.group(prefix) {
             Some(Group::Complete(entries)) => entries,
             Some(Group::TooLarge) => return self.base.scan(from, to, limit),

@@ -658,7 +658,7 @@ impl StateRead for LiveState<'_> {
 fn scan_options(from: &[u8], to: &[u8]) -> ReadOptions {
     let mut read_options = ReadOptions::default();
     read_options.set_iterate_upper_bound(to.to_vec());
-    if lockstep_core::layout::range_shares_bloom_prefix(from, to) {
+    if lockstep_core::layout::range_bloom_prefix(from, to).is_some() {
         read_options.set_prefix_same_as_start(true);
     } else {
         read_options.set_total_order_seek(true);
