@@ -70,6 +70,11 @@ struct Args {
     /// and report a lower tail; the bench says so under its table.
     #[arg(long, default_value_t = 15.0)]
     latency_seconds: f64,
+    /// Latency runs per system. The p50 and p99 reported are the medians of the runs' own,
+    /// and every run's are printed: one run's tail is at the mercy of whatever else the
+    /// machine does in its 15 seconds (3 since 2026-12-01; 1 before).
+    #[arg(long, default_value_t = 3)]
+    latency_runs: usize,
     /// Seconds of each sustained throughput run (Lockstep): clients append without pause,
     /// cycling through their workloads as the latency runs do, long enough for memtable
     /// flushes. Its median is the peak the latency runs take half of. 0 skips these runs, and
@@ -1187,6 +1192,47 @@ fn postgres_latency(
     })
 }
 
+/// The p50 and p99 of each of a system's latency runs, in milliseconds.
+#[derive(Debug, Default)]
+struct LatencyRuns {
+    p50_ms: Vec<f64>,
+    p99_ms: Vec<f64>,
+}
+
+impl LatencyRuns {
+    /// Runs `run` `runs` times and keeps each run's percentiles.
+    fn measure(
+        runs: usize,
+        mut run: impl FnMut() -> anyhow::Result<Vec<u64>>,
+    ) -> anyhow::Result<Self> {
+        let mut measured = Self::default();
+        for _ in 0..runs {
+            let latencies = run()?;
+            measured.p50_ms.push(percentile_ms(&latencies, 0.5));
+            measured.p99_ms.push(percentile_ms(&latencies, 0.99));
+        }
+        Ok(measured)
+    }
+
+    /// Every run's p50/p99, in run order.
+    fn each_run(&self) -> String {
+        self.p50_ms
+            .iter()
+            .zip(&self.p99_ms)
+            .map(|(p50, p99)| format!("{p50:.1}/{p99:.1}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Puts the medians of the runs' p50s and p99s into `measured`, and says what they are
+    /// the medians of.
+    fn report(&self, label: &str, measured: &mut Measured) {
+        measured.p50_ms = median(self.p50_ms.clone());
+        measured.p99_ms = median(self.p99_ms.clone());
+        println!("{label} latency runs, p50/p99 ms each: {}", self.each_run());
+    }
+}
+
 // ---- charts ----
 
 /// Throughput of every system, and p99 latency of those measured for it, as bar charts.
@@ -1243,8 +1289,8 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     ensure!(
-        args.clients > 0 && args.runs > 0 && args.chunk > 0,
-        "--clients, --runs and --chunk must be at least 1"
+        args.clients > 0 && args.runs > 0 && args.latency_runs > 0 && args.chunk > 0,
+        "--clients, --runs, --latency-runs and --chunk must be at least 1"
     );
     ensure!(
         args.commands >= args.clients,
@@ -1347,10 +1393,11 @@ fn main() -> anyhow::Result<()> {
         sustained_ceiling_rate = Some(median(ceiling_rates));
         embedded_cpus = cpus;
     }
-    let latencies =
-        lockstep_embedded_latency(&args, &work, latency_rate(&args, embedded.commands_per_s))?;
-    embedded.p50_ms = percentile_ms(&latencies, 0.5);
-    embedded.p99_ms = percentile_ms(&latencies, 0.99);
+    let rate = latency_rate(&args, embedded.commands_per_s);
+    LatencyRuns::measure(args.latency_runs, || {
+        lockstep_embedded_latency(&args, &work, rate)
+    })?
+    .report("embedded", &mut embedded);
     rows.push(("lockstep embedded", embedded.clone()));
 
     let mut network = Measured {
@@ -1374,10 +1421,11 @@ fn main() -> anyhow::Result<()> {
         }
         network.commands_per_s = median(rates);
     }
-    let latencies =
-        lockstep_network_latency(&args, &work, latency_rate(&args, network.commands_per_s))?;
-    network.p50_ms = percentile_ms(&latencies, 0.5);
-    network.p99_ms = percentile_ms(&latencies, 0.99);
+    let rate = latency_rate(&args, network.commands_per_s);
+    LatencyRuns::measure(args.latency_runs, || {
+        lockstep_network_latency(&args, &work, rate)
+    })?
+    .report("network", &mut network);
     network.rss_peak_mib = f64::NAN;
     network.disk_mib = embedded.disk_mib;
     rows.push(("lockstep network", network));
@@ -1404,14 +1452,11 @@ fn main() -> anyhow::Result<()> {
             measured.commands_per_s = median(rates);
             measured.disk_mib = disk_bytes(&pg.dir.path().join("pgdata")) as f64 / (1 << 20) as f64;
             if per_tx == 1 {
-                let latencies = postgres_latency(
-                    &pg,
-                    &args,
-                    &work,
-                    latency_rate(&args, measured.commands_per_s),
-                )?;
-                measured.p50_ms = percentile_ms(&latencies, 0.5);
-                measured.p99_ms = percentile_ms(&latencies, 0.99);
+                let rate = latency_rate(&args, measured.commands_per_s);
+                LatencyRuns::measure(args.latency_runs, || {
+                    postgres_latency(&pg, &args, &work, rate)
+                })?
+                .report("postgres 1 cmd/tx", &mut measured);
                 pg_single_rate = Some(measured.commands_per_s);
             } else {
                 measured.p50_ms = f64::NAN;
@@ -1485,7 +1530,8 @@ fn main() -> anyhow::Result<()> {
     }
     println!(
         "latency: append to outcome visible (PostgreSQL: to commit), open loop at half of each \
-         system's commands/s"
+         system's commands/s; p50 and p99 are the medians of {} runs' (each run's above)",
+        args.latency_runs
     );
     if args.latency_seconds < FLUSH_SECONDS_MIN {
         println!(
@@ -1570,6 +1616,34 @@ mod tests {
     fn small_workloads(commands: usize) -> Workloads {
         let args = Args::parse_from(["components-bench", "--commands", &commands.to_string()]);
         workloads(&args)
+    }
+
+    /// A system's latency figures are the medians of its runs' own percentiles, so one run's
+    /// stall moves neither; each run's are kept in run order, and a failed run fails it all.
+    #[test]
+    fn latency_figures_are_the_medians_of_the_runs_percentiles() {
+        // Microseconds, ascending: 100 latencies each, the last two the run's tail.
+        let run = |p50_us: u64, tail_us: u64| -> Vec<u64> {
+            let mut latencies = vec![p50_us; 98];
+            latencies.extend([tail_us; 2]);
+            latencies
+        };
+        let mut runs = vec![run(7_000, 80_000), run(9_000, 30_000), run(8_000, 40_000)].into_iter();
+        let measured =
+            LatencyRuns::measure(3, || Ok(runs.next().unwrap_or_default())).expect("three runs");
+        assert_eq!(measured.each_run(), "7.0/80.0, 9.0/30.0, 8.0/40.0");
+        let mut row = Measured::default();
+        measured.report("embedded", &mut row);
+        assert_eq!((row.p50_ms, row.p99_ms), (8.0, 40.0));
+
+        let mut calls = 0;
+        let failed = LatencyRuns::measure(3, || {
+            calls += 1;
+            anyhow::ensure!(calls < 2, "run {calls} failed");
+            Ok(run(1_000, 2_000))
+        });
+        assert!(failed.is_err());
+        assert_eq!(calls, 2);
     }
 
     /// Each client's workload sent once, in order, ends where the generator's model ended:
