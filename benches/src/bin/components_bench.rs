@@ -1240,6 +1240,7 @@ fn system_charts(
     dir: &Path,
     rows: &[(&str, Measured)],
     title: &str,
+    latency_runs: usize,
 ) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let bars = |value: fn(&Measured) -> f64| -> Vec<Bar> {
@@ -1262,7 +1263,10 @@ fn system_charts(
     let latency = dir.join("components-p99.png");
     bar_chart(
         &latency,
-        "Component workload: p99 append-to-visible latency (open loop, half of commands/s)",
+        &format!(
+            "Component workload: p99 append-to-visible (median of {latency_runs} runs at half \
+             of commands/s)"
+        ),
         "p99 milliseconds",
         &bars(|m| m.p99_ms),
         false,
@@ -1600,7 +1604,7 @@ fn main() -> anyhow::Result<()> {
     } else {
         format!("{total} commands")
     };
-    for chart in system_charts(&args.charts, &rows, &title)? {
+    for chart in system_charts(&args.charts, &rows, &title, args.latency_runs)? {
         println!("chart: {}", chart.display());
     }
     if rows.iter().any(|(_, m)| !m.digest_ok) {

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -355,6 +355,62 @@ impl InputSignal {
     }
 }
 
+/// Batch commits in their synced write, so the appender can hold a group open while one is.
+///
+/// Commits and append groups share one RocksDB write queue (one WAL): a group written while a
+/// commit is writing would wait for that commit's sync and memtable insert before starting its
+/// own sync. Waiting in the appender's channel instead costs the group nothing, and every call
+/// that arrives meanwhile joins it rather than waiting for a sync of its own: fewer, larger
+/// groups at moderate load, where each sync's kernel and device round trips dominate the
+/// appender's time. A lone caller with no commit writing is never held.
+#[derive(Debug)]
+struct CommitsWriting {
+    writing: AtomicU32,
+    /// A token after each commit write ends (at most one kept: the appender only needs to wake
+    /// and look at `writing` again).
+    ended_tx: Sender<()>,
+    ended_rx: Receiver<()>,
+}
+
+impl Default for CommitsWriting {
+    fn default() -> Self {
+        let (ended_tx, ended_rx) = crossbeam_channel::bounded(1);
+        Self {
+            writing: AtomicU32::new(0),
+            ended_tx,
+            ended_rx,
+        }
+    }
+}
+
+impl CommitsWriting {
+    /// Marks a commit write as started until the guard drops (also on an error or a panic).
+    fn begin(&self) -> CommitWriteGuard<'_> {
+        self.writing.fetch_add(1, Ordering::AcqRel);
+        CommitWriteGuard { commits: self }
+    }
+
+    fn any(&self) -> bool {
+        self.writing.load(Ordering::Acquire) > 0
+    }
+}
+
+struct CommitWriteGuard<'a> {
+    commits: &'a CommitsWriting,
+}
+
+impl Drop for CommitWriteGuard<'_> {
+    fn drop(&mut self) {
+        self.commits.writing.fetch_sub(1, Ordering::AcqRel);
+        // Full: a token is already waiting, which wakes the appender just as well.
+        let _ = self.commits.ended_tx.try_send(());
+    }
+}
+
+/// The longest an append group is held for one look at a commit write: a bound in case a
+/// write hangs, not a linger (a commit write ends in milliseconds).
+const APPEND_HOLD_FOR_COMMIT_MAX: Duration = Duration::from_millis(20);
+
 /// Locks a mutex, ignoring std's lock poisoning: every guarded value here is replaced whole,
 /// never left half-updated, so it is consistent even after a panicking holder.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -527,6 +583,7 @@ pub(crate) struct Shared {
     /// Committed state recently read by handlers (see `cache`).
     state_cache: Option<StateCache>,
     input: InputSignal,
+    commits_writing: CommitsWriting,
     shutdown: AtomicBool,
     /// One past the largest sequence number whose whole group is durable and whose heads are
     /// published. Stored after the heads (release), so a planner that loads it first (acquire)
@@ -966,6 +1023,7 @@ impl Engine {
             pstates,
             state_cache,
             input: InputSignal::default(),
+            commits_writing: CommitsWriting::default(),
             shutdown: AtomicBool::new(false),
         });
         let (append_tx, append_rx) =
@@ -1715,21 +1773,28 @@ fn run_appender(shared: &Shared, requests: &Receiver<AppendRequest>, mut produce
             },
         };
         let maintenance = first.is_none();
-        let mut group_bytes: usize = first
-            .iter()
-            .flat_map(|request| &request.records)
-            .map(|(_, b)| b.len())
-            .sum();
+        let mut group_bytes: usize = first.iter().map(append_request_bytes).sum();
         let mut group: Vec<AppendRequest> = first.into_iter().collect();
         // Everything already queued joins this fsync: the group commit.
         while !maintenance && group_bytes < shared.options.append_group_bytes_max {
             match requests.try_recv() {
                 Ok(request) => {
-                    group_bytes += request.records.iter().map(|(_, b)| b.len()).sum::<usize>();
+                    group_bytes += append_request_bytes(&request);
                     group.push(request);
                 }
                 Err(_) => break,
             }
+        }
+        if !maintenance {
+            hold_group_while_committing(
+                requests,
+                &shared.commits_writing,
+                &mut group,
+                &mut group_bytes,
+                shared.options.append_group_bytes_max,
+                APPEND_HOLD_FOR_COMMIT_MAX,
+                append_request_bytes,
+            );
         }
         if let Err(e) = shared.poison.check() {
             reply_all(group, &e);
@@ -1897,6 +1962,50 @@ fn run_appender(shared: &Shared, requests: &Receiver<AppendRequest>, mut produce
                 // Wake drivers and waiters so they see the poison.
                 shared.input.bump();
             }
+        }
+    }
+}
+
+/// The record bytes an append call adds to its group.
+fn append_request_bytes(request: &AppendRequest) -> usize {
+    request.records.iter().map(|(_, bytes)| bytes.len()).sum()
+}
+
+/// If a batch commit is writing, holds the group open instead of writing it behind the commit
+/// in RocksDB's write queue, adding the calls that arrive meanwhile (`CommitsWriting`), up to
+/// `group_bytes_max`, then whatever is still queued; `hold_max` bounds each wait for a commit
+/// write to end. With no commit writing, returns at once.
+fn hold_group_while_committing<R>(
+    requests: &Receiver<R>,
+    commits: &CommitsWriting,
+    group: &mut Vec<R>,
+    group_bytes: &mut usize,
+    group_bytes_max: usize,
+    hold_max: Duration,
+    request_bytes: impl Fn(&R) -> usize,
+) {
+    let mut join = |request: R, group_bytes: &mut usize| {
+        *group_bytes += request_bytes(&request);
+        group.push(request);
+    };
+    if !commits.any() {
+        return;
+    }
+    while *group_bytes < group_bytes_max && commits.any() {
+        crossbeam_channel::select! {
+            recv(requests) -> request => match request {
+                Ok(request) => join(request, group_bytes),
+                Err(_) => return,
+            },
+            recv(commits.ended_rx) -> _ => {}
+            default(hold_max) => break,
+        }
+    }
+    // The end of a commit write and calls may be ready at once, and `select!` picks at random.
+    while *group_bytes < group_bytes_max {
+        match requests.try_recv() {
+            Ok(request) => join(request, group_bytes),
+            Err(_) => break,
         }
     }
 }
@@ -2582,12 +2691,15 @@ fn commit(
         DurableWrite::Commit,
         "batch commit",
         || {
-            shared.store.commit(BatchCommit {
-                topology_id,
-                record,
-                writes,
-                deleted_ranges,
-            })
+            shared.store.commit_marked(
+                BatchCommit {
+                    topology_id,
+                    record,
+                    writes,
+                    deleted_ranges,
+                },
+                || shared.commits_writing.begin(),
+            )
         },
     )?;
     fail::fail_point!(failpoints::COMMIT_AFTER_WRITE, |_| Err(
@@ -2600,6 +2712,95 @@ fn commit(
 mod tests {
     use super::*;
     use lockstep_core::{NoMessages, TopologyBuilder};
+
+    /// A commit write's guard counts it as writing until dropped, also when the write panics,
+    /// and leaves the appender a token when it ends.
+    #[test]
+    fn a_commit_write_counts_until_its_guard_drops() {
+        let commits = CommitsWriting::default();
+        assert!(!commits.any());
+        let first = commits.begin();
+        let second = commits.begin();
+        drop(first);
+        assert!(commits.any(), "one of two writes still writing");
+        drop(second);
+        assert!(!commits.any());
+        assert!(commits.ended_rx.try_recv().is_ok(), "a token for the ends");
+        assert!(commits.ended_rx.try_recv().is_err(), "at most one kept");
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _writing = commits.begin();
+            panic!("the write panicked");
+        }));
+        assert!(panicked.is_err());
+        assert!(!commits.any(), "a panicking write still ends");
+    }
+
+    /// A group is held while a commit writes: every call sent before the write ends joins it,
+    /// the wait ends with the write, and with no write there is no wait at all.
+    #[test]
+    fn a_group_is_held_open_while_a_commit_writes() {
+        let commits = CommitsWriting::default();
+        let (requests_tx, requests_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
+        let hold = |group: &mut Vec<Vec<u8>>, bytes: &mut usize, bytes_max: usize| {
+            // Far past any scheduling delay: only the write's end (or the byte cap) ends it.
+            hold_group_while_committing(
+                &requests_rx,
+                &commits,
+                group,
+                bytes,
+                bytes_max,
+                Duration::from_secs(60),
+                Vec::len,
+            );
+        };
+
+        // No commit writing: nothing is waited for or taken (the appender's own drain takes
+        // what is queued).
+        requests_tx.send(vec![0; 3]).expect("send");
+        let (mut group, mut bytes) = (Vec::new(), 0);
+        hold(&mut group, &mut bytes, usize::MAX);
+        assert_eq!((group.len(), bytes), (0, 0), "nothing held, nothing taken");
+
+        // A commit writing: the calls sent during the write join, and its end ends the wait.
+        std::thread::scope(|scope| {
+            let writing = commits.begin();
+            let (sender, taken) = (requests_tx.clone(), requests_rx.clone());
+            scope.spawn(move || {
+                for call in 0..50u8 {
+                    sender.send(vec![call; 2]).expect("send");
+                }
+                // Only the hold takes calls: once all are taken, it is holding. (Bounded, so
+                // that a hold that takes nothing fails the test rather than hanging it.)
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !taken.is_empty() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                drop(writing);
+            });
+            let (mut group, mut bytes) = (Vec::new(), 0);
+            hold(&mut group, &mut bytes, usize::MAX);
+            assert_eq!(
+                group.len(),
+                51,
+                "the queued call and the 50 sent during the write"
+            );
+            assert_eq!(bytes, 3 + 100);
+            assert!(!commits.any());
+        });
+
+        // The byte cap ends a hold as well, with the write still going.
+        let _writing = commits.begin();
+        for call in 0..10u8 {
+            requests_tx.send(vec![call; 10]).expect("send");
+        }
+        let (mut group, mut bytes) = (Vec::new(), 0);
+        hold(&mut group, &mut bytes, 35);
+        assert_eq!(
+            (group.len(), bytes),
+            (4, 40),
+            "stops at the first call past the cap"
+        );
+    }
 
     /// A commit's range deletions must lie in one PState (the outcome table): a range with an
     /// end in another PState, or too short to name one, does not.

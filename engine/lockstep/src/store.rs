@@ -587,6 +587,23 @@ fn parse_depot_offset(key: &[u8], depot_id: u32, partition: u32) -> Result<u64, 
 
 impl CommitStore for RocksStore {
     fn commit(&self, commit: BatchCommit<'_>) -> Result<(), StoreError> {
+        self.commit_marked(commit, || ())
+    }
+
+    fn load_commit(&self, topology_id: u32) -> Result<Option<CommitRecord>, StoreError> {
+        self.meta_get(&commit_key(topology_id))
+    }
+}
+
+impl RocksStore {
+    /// [`CommitStore::commit`], calling `mark_writing` once the write batch is built and
+    /// keeping what it returns until the synced write ends: the span in which the commit holds
+    /// RocksDB's write queue, which the appender waits out rather than queueing behind it.
+    pub(crate) fn commit_marked<M>(
+        &self,
+        commit: BatchCommit<'_>,
+        mark_writing: impl FnOnce() -> M,
+    ) -> Result<(), StoreError> {
         let state = self.cf(CF_STATE)?;
         let meta = self.cf(CF_META)?;
         let mut batch = WriteBatch::default();
@@ -607,13 +624,10 @@ impl CommitStore for RocksStore {
             commit_key(commit.topology_id),
             Self::encode_meta(commit.record)?,
         );
+        let _writing = mark_writing();
         self.db
             .write_opt(batch, &synced())
             .map_err(io("batch commit"))
-    }
-
-    fn load_commit(&self, topology_id: u32) -> Result<Option<CommitRecord>, StoreError> {
-        self.meta_get(&commit_key(topology_id))
     }
 }
 
