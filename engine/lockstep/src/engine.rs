@@ -407,8 +407,9 @@ impl Drop for CommitWriteGuard<'_> {
     }
 }
 
-/// The longest an append group is held for one look at a commit write: a bound in case a
-/// write hangs, not a linger (a commit write ends in milliseconds).
+/// The longest an append group is held for commit writes, in all: a bound in case a write
+/// hangs or several topologies commit back to back, not a linger (a commit write ends in
+/// milliseconds).
 const APPEND_HOLD_FOR_COMMIT_MAX: Duration = Duration::from_millis(20);
 
 /// Locks a mutex, ignoring std's lock poisoning: every guarded value here is replaced whole,
@@ -1972,9 +1973,10 @@ fn append_request_bytes(request: &AppendRequest) -> usize {
 }
 
 /// If a batch commit is writing, holds the group open instead of writing it behind the commit
-/// in RocksDB's write queue, adding the calls that arrive meanwhile (`CommitsWriting`), up to
-/// `group_bytes_max`, then whatever is still queued; `hold_max` bounds each wait for a commit
-/// write to end. With no commit writing, returns at once.
+/// in RocksDB's write queue, adding the calls that arrive meanwhile (`CommitsWriting`), until
+/// no commit is writing, the group reaches `group_bytes_max` or `hold_max` has passed in all
+/// (commits of several topologies back to back, or a hung write, cannot hold it longer), then
+/// whatever is still queued. With no commit writing, returns at once.
 fn hold_group_while_committing<R>(
     requests: &Receiver<R>,
     commits: &CommitsWriting,
@@ -1991,14 +1993,19 @@ fn hold_group_while_committing<R>(
     if !commits.any() {
         return;
     }
+    let deadline = Instant::now() + hold_max;
     while *group_bytes < group_bytes_max && commits.any() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
         crossbeam_channel::select! {
             recv(requests) -> request => match request {
                 Ok(request) => join(request, group_bytes),
                 Err(_) => return,
             },
             recv(commits.ended_rx) -> _ => {}
-            default(hold_max) => break,
+            default(left) => break,
         }
     }
     // The end of a commit write and calls may be ready at once, and `select!` picks at random.
@@ -2778,7 +2785,13 @@ mod tests {
                 drop(writing);
             });
             let (mut group, mut bytes) = (Vec::new(), 0);
+            let started = Instant::now();
             hold(&mut group, &mut bytes, usize::MAX);
+            // Woken by the write's end, not by the 60 s bound (the sender waits up to 10 s).
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "woken by the write's end"
+            );
             assert_eq!(
                 group.len(),
                 51,
@@ -2789,17 +2802,57 @@ mod tests {
         });
 
         // The byte cap ends a hold as well, with the write still going.
-        let _writing = commits.begin();
+        let writing = commits.begin();
         for call in 0..10u8 {
             requests_tx.send(vec![call; 10]).expect("send");
         }
         let (mut group, mut bytes) = (Vec::new(), 0);
+        let started = Instant::now();
         hold(&mut group, &mut bytes, 35);
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "ended by the cap"
+        );
         assert_eq!(
             (group.len(), bytes),
             (4, 40),
             "stops at the first call past the cap"
         );
+
+        // And the bound, in all: calls keep coming, the write never ends. (The calls stop
+        // after 10 s, so that a bound per look fails the test rather than hanging it.)
+        let (mut group, mut bytes) = (Vec::new(), 0);
+        let stop = AtomicBool::new(false);
+        let started = Instant::now();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Acquire) && started.elapsed() < Duration::from_secs(10) {
+                    let _ = requests_tx.send(vec![0; 1]);
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            });
+            hold_group_while_committing(
+                &requests_rx,
+                &commits,
+                &mut group,
+                &mut bytes,
+                usize::MAX,
+                Duration::from_millis(200),
+                Vec::len,
+            );
+            stop.store(true, Ordering::Release);
+        });
+        let held = started.elapsed();
+        assert!(
+            held >= Duration::from_millis(200),
+            "held {held:?}, for the bound"
+        );
+        assert!(
+            held < Duration::from_secs(5),
+            "held {held:?}: the bound is for the whole hold"
+        );
+        assert!(commits.any());
+        drop(writing);
     }
 
     /// A commit's range deletions must lie in one PState (the outcome table): a range with an

@@ -803,6 +803,52 @@ mod tests {
         assert!(split_depot_value(&value[..7], 3, 1, 9).is_err());
     }
 
+    /// A commit's mark spans its synced write: taken once the write batch is built (nothing of
+    /// the commit stored yet), dropped once the write is done (the commit record stored).
+    #[test]
+    fn a_commits_mark_spans_its_write() {
+        struct Mark<'a> {
+            store: &'a RocksStore,
+            dropped: &'a std::cell::Cell<bool>,
+        }
+        impl Drop for Mark<'_> {
+            fn drop(&mut self) {
+                let stored = self.store.load_commit(7).expect("load");
+                assert_eq!(
+                    stored.map(|record| record.batch_id),
+                    Some(1),
+                    "written by the drop"
+                );
+                self.dropped.set(true);
+            }
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RocksStore::open(dir.path(), 1 << 20).expect("open");
+        let record = CommitRecord {
+            batch_id: 1,
+            offsets: Vec::new(),
+        };
+        let dropped = std::cell::Cell::new(false);
+        store
+            .commit_marked(
+                BatchCommit {
+                    topology_id: 7,
+                    record: &record,
+                    writes: &[[(b"key".to_vec(), Some(b"value".to_vec()))].into()],
+                    deleted_ranges: &[],
+                },
+                || {
+                    assert_eq!(store.load_commit(7).expect("load"), None, "not yet written");
+                    Mark {
+                        store: &store,
+                        dropped: &dropped,
+                    }
+                },
+            )
+            .expect("commit");
+        assert!(dropped.get(), "the mark ends with the write");
+    }
+
     /// The pinned read lends exactly what the copying read returns: present values (empty ones
     /// too), deleted keys and keys never written.
     #[test]
