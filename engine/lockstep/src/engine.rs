@@ -1776,18 +1776,8 @@ fn run_appender(shared: &Shared, requests: &Receiver<AppendRequest>, mut produce
         let maintenance = first.is_none();
         let mut group_bytes: usize = first.iter().map(append_request_bytes).sum();
         let mut group: Vec<AppendRequest> = first.into_iter().collect();
-        // Everything already queued joins this fsync: the group commit.
-        while !maintenance && group_bytes < shared.options.append_group_bytes_max {
-            match requests.try_recv() {
-                Ok(request) => {
-                    group_bytes += append_request_bytes(&request);
-                    group.push(request);
-                }
-                Err(_) => break,
-            }
-        }
         if !maintenance {
-            hold_group_while_committing(
+            fill_group(
                 requests,
                 &shared.commits_writing,
                 &mut group,
@@ -1972,12 +1962,13 @@ fn append_request_bytes(request: &AppendRequest) -> usize {
     request.records.iter().map(|(_, bytes)| bytes.len()).sum()
 }
 
-/// If a batch commit is writing, holds the group open instead of writing it behind the commit
-/// in RocksDB's write queue, adding the calls that arrive meanwhile (`CommitsWriting`), until
-/// no commit is writing, the group reaches `group_bytes_max` or `hold_max` has passed in all
-/// (commits of several topologies back to back, or a hung write, cannot hold it longer), then
-/// whatever is still queued. With no commit writing, returns at once.
-fn hold_group_while_committing<R>(
+/// Fills a group commit, up to `group_bytes_max`: everything already queued joins this fsync.
+/// Then, if a batch commit is writing, holds the group open instead of writing it behind the
+/// commit in RocksDB's write queue, adding the calls that arrive meanwhile (`CommitsWriting`),
+/// until no commit is writing, the group is full or `hold_max` has passed in all (commits of
+/// several topologies back to back, or a hung write, cannot hold it longer), and adds what is
+/// queued by then. With no commit writing, nothing is waited for.
+fn fill_group<R>(
     requests: &Receiver<R>,
     commits: &CommitsWriting,
     group: &mut Vec<R>,
@@ -1986,10 +1977,19 @@ fn hold_group_while_committing<R>(
     hold_max: Duration,
     request_bytes: impl Fn(&R) -> usize,
 ) {
-    let mut join = |request: R, group_bytes: &mut usize| {
+    let join = |request: R, group: &mut Vec<R>, group_bytes: &mut usize| {
         *group_bytes += request_bytes(&request);
         group.push(request);
     };
+    let drain = |group: &mut Vec<R>, group_bytes: &mut usize| {
+        while *group_bytes < group_bytes_max {
+            match requests.try_recv() {
+                Ok(request) => join(request, group, group_bytes),
+                Err(_) => break,
+            }
+        }
+    };
+    drain(group, group_bytes);
     if !commits.any() {
         return;
     }
@@ -2001,7 +2001,7 @@ fn hold_group_while_committing<R>(
         }
         crossbeam_channel::select! {
             recv(requests) -> request => match request {
-                Ok(request) => join(request, group_bytes),
+                Ok(request) => join(request, group, group_bytes),
                 Err(_) => return,
             },
             recv(commits.ended_rx) -> _ => {}
@@ -2009,12 +2009,7 @@ fn hold_group_while_committing<R>(
         }
     }
     // The end of a commit write and calls may be ready at once, and `select!` picks at random.
-    while *group_bytes < group_bytes_max {
-        match requests.try_recv() {
-            Ok(request) => join(request, group_bytes),
-            Err(_) => break,
-        }
-    }
+    drain(group, group_bytes);
 }
 
 /// The trims retention allows now: each consumed depot partition down to the lowest offset a
@@ -2750,7 +2745,7 @@ mod tests {
         let (requests_tx, requests_rx) = crossbeam_channel::unbounded::<Vec<u8>>();
         let hold = |group: &mut Vec<Vec<u8>>, bytes: &mut usize, bytes_max: usize| {
             // Far past any scheduling delay: only the write's end (or the byte cap) ends it.
-            hold_group_while_committing(
+            fill_group(
                 &requests_rx,
                 &commits,
                 group,
@@ -2761,12 +2756,17 @@ mod tests {
             );
         };
 
-        // No commit writing: nothing is waited for or taken (the appender's own drain takes
-        // what is queued).
+        // No commit writing: what is queued joins, and nothing is waited for (the 60 s bound
+        // would fail the timed check).
         requests_tx.send(vec![0; 3]).expect("send");
         let (mut group, mut bytes) = (Vec::new(), 0);
+        let started = Instant::now();
         hold(&mut group, &mut bytes, usize::MAX);
-        assert_eq!((group.len(), bytes), (0, 0), "nothing held, nothing taken");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "nothing waited for"
+        );
+        assert_eq!((group.len(), bytes), (1, 3), "the queued call joins");
 
         // A commit writing: the calls sent during the write join, and its end ends the wait.
         std::thread::scope(|scope| {
@@ -2776,12 +2776,16 @@ mod tests {
                 for call in 0..50u8 {
                     sender.send(vec![call; 2]).expect("send");
                 }
-                // Only the hold takes calls: once all are taken, it is holding. (Bounded, so
-                // that a hold that takes nothing fails the test rather than hanging it.)
+                // Only the group takes calls: once all are taken, the write has not ended, so
+                // it is holding. (Bounded, so that a hold that takes nothing fails the test
+                // rather than hanging it.)
                 let deadline = Instant::now() + Duration::from_secs(10);
                 while !taken.is_empty() && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(1));
                 }
+                // And a while longer: a group filled without holding returns in the meantime,
+                // with the write still going, which the checks below see.
+                std::thread::sleep(Duration::from_millis(100));
                 drop(writing);
             });
             let (mut group, mut bytes) = (Vec::new(), 0);
@@ -2792,12 +2796,8 @@ mod tests {
                 started.elapsed() < Duration::from_secs(30),
                 "woken by the write's end"
             );
-            assert_eq!(
-                group.len(),
-                51,
-                "the queued call and the 50 sent during the write"
-            );
-            assert_eq!(bytes, 3 + 100);
+            assert_eq!(group.len(), 50, "the 50 calls sent during the write");
+            assert_eq!(bytes, 100);
             assert!(!commits.any());
         });
 
@@ -2831,7 +2831,7 @@ mod tests {
                     std::thread::sleep(Duration::from_millis(1));
                 }
             });
-            hold_group_while_committing(
+            fill_group(
                 &requests_rx,
                 &commits,
                 &mut group,
