@@ -11,7 +11,8 @@ use lockstep_topologies::components::{components, Components};
 /// worth: `LOCKSTEP_STATE_CACHE_MIB` sets the state cache's size (0 turns it off), and
 /// `LOCKSTEP_BLOCK_CACHE_MIB` RocksDB's block cache. `LOCKSTEP_BATCH_RECORDS_MAX` sets the
 /// records a partition takes per batch. `LOCKSTEP_KEEP_DEPOT_RECORDS` turns depot retention on,
-/// keeping that many records per partition.
+/// keeping that many records per partition. `LOCKSTEP_BACKGROUND_WRITE_MIB_PER_S` limits what
+/// RocksDB's flushes and compactions write a second.
 pub fn open_lockstep(dir: &Path, partitions: u32) -> anyhow::Result<(Arc<Engine>, Components)> {
     open_lockstep_with(dir, partitions, EngineOptions::default())
 }
@@ -29,6 +30,9 @@ pub fn open_lockstep_with(
     }
     if let Some(mib) = env_mib("LOCKSTEP_BLOCK_CACHE_MIB")? {
         options.block_cache_bytes = mib << 20;
+    }
+    if let Some(mib) = env_mib("LOCKSTEP_BACKGROUND_WRITE_MIB_PER_S")? {
+        options.background_write_bytes_per_s = Some((mib as u64) << 20);
     }
     if let Some(records) = env_number("LOCKSTEP_BATCH_RECORDS_MAX")? {
         options.batch_records_max = records;

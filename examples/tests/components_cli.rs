@@ -113,6 +113,17 @@ fn bad_invocations_fail_cleanly() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least 1"));
 
+    // A limit of 0 would stop every flush: refused before anything is opened.
+    let out = bin()
+        .args(["serve", "--background-write-mib-per-s", "0", "--data"])
+        .arg(dir.path().join("unopened"))
+        .output()
+        .expect("run serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("--background-write-mib-per-s"), "{stderr}");
+    assert!(!dir.path().join("unopened").exists(), "nothing created");
+
     let out = bin().arg("--help").output().expect("help");
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("verify"));

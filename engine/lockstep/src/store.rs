@@ -23,6 +23,11 @@ pub(crate) const CF_META: &str = "meta";
 /// under the old one are read without their prefix filters rather than wrongly.
 const STATE_PREFIX_EXTRACTOR: &str = "lockstep.bloom_prefix.1";
 
+/// The least [`RocksStore::open_limited`] lets flushes and compactions write a second: below
+/// it a memtable of the `depot` family (64 MiB) would take over a minute to flush, and writes
+/// would stop waiting for it.
+pub(crate) const BACKGROUND_WRITE_BYTES_PER_S_MIN: u64 = 1 << 20;
+
 /// Memtable size of the `state` column family (why not RocksDB's default: `RocksStore::open`).
 const STATE_WRITE_BUFFER_BYTES: usize = 32 << 20;
 
@@ -108,8 +113,19 @@ impl std::fmt::Debug for RocksStore {
 impl RocksStore {
     /// Opens (or creates) the database at `path`. `block_cache_bytes` sizes the one cache of
     /// uncompressed table blocks that the three column families share (RocksDB would otherwise
-    /// give each its own 32 MiB).
+    /// give each its own 32 MiB). Flushes and compactions write as fast as they can.
     pub(crate) fn open(path: &Path, block_cache_bytes: usize) -> Result<Self, StoreError> {
+        Self::open_limited(path, block_cache_bytes, None)
+    }
+
+    /// [`RocksStore::open`], with flushes and compactions writing at most
+    /// `background_write_bytes_per_s` on average when it is `Some` (at least
+    /// [`BACKGROUND_WRITE_BYTES_PER_S_MIN`]; see `EngineOptions::background_write_bytes_per_s`).
+    pub(crate) fn open_limited(
+        path: &Path,
+        block_cache_bytes: usize,
+        background_write_bytes_per_s: Option<u64>,
+    ) -> Result<Self, StoreError> {
         let block_cache = Cache::new_lru_cache(block_cache_bytes);
         let mut options = Options::default();
         options.create_if_missing(true);
@@ -119,6 +135,13 @@ impl RocksStore {
         options.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
         options.set_paranoid_checks(true);
         options.set_max_background_jobs(2);
+        if let Some(bytes_per_s) = background_write_bytes_per_s {
+            let bytes_per_s = bytes_per_s.max(BACKGROUND_WRITE_BYTES_PER_S_MIN);
+            // RocksDB's limiter hands out write budget every refill period; 100 ms and a
+            // fairness of 10 are its defaults. It also turns on `bytes_per_sync` (1 MiB),
+            // so table files are written back as they grow rather than all at their end.
+            options.set_ratelimiter(i64::try_from(bytes_per_s).unwrap_or(i64::MAX), 100_000, 10);
+        }
         options.set_compression_type(DBCompressionType::Lz4);
         let cfs = [CF_DEPOT, CF_STATE, CF_META].map(|name| {
             let mut cf_options = Options::default();
@@ -801,6 +824,37 @@ mod tests {
         let (seq, envelope) = split_depot_value(&value, 3, 1, 9).expect("a whole value");
         assert_eq!((seq, envelope), (entry.seq, &b"envelope"[..]));
         assert!(split_depot_value(&value[..7], 3, 1, 9).is_err());
+    }
+
+    /// A limit on background writes holds a flush to it, and a limit of zero counts as the
+    /// least one: 3 MiB of incompressible state, flushed at 1 MiB/s, takes two seconds at the
+    /// very least (RocksDB's limiter lets a tenth of a second's budget through at once).
+    #[test]
+    fn a_flush_keeps_to_the_background_write_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RocksStore::open_limited(dir.path(), 1 << 20, Some(0)).expect("open");
+        let cf = store.cf(CF_STATE).expect("state family");
+        let mut noise = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut batch = WriteBatch::default();
+        for key in 0u32..48 {
+            let value: Vec<u8> = (0..64 << 10)
+                .map(|_| {
+                    noise ^= noise << 13;
+                    noise ^= noise >> 7;
+                    noise ^= noise << 17;
+                    noise as u8
+                })
+                .collect();
+            batch.put_cf(cf, key.to_be_bytes(), value);
+        }
+        store.db.write_opt(batch, &synced()).expect("write");
+        let started = std::time::Instant::now();
+        store.db.flush_cf(cf).expect("flush");
+        let took = started.elapsed();
+        assert!(
+            took >= std::time::Duration::from_secs(2),
+            "3 MiB flushed in {took:?}, faster than 1 MiB/s allows"
+        );
     }
 
     /// A commit's mark spans its synced write: taken once the write batch is built (nothing of

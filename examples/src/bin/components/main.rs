@@ -88,6 +88,11 @@ enum Cmd {
         /// forget every client at once and so turn retry deduplication off.
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         producer_expiry_secs: Option<u64>,
+        /// Limit what the storage's flushes and compactions write, in MiB a second (default:
+        /// no limit). Smooths their bursts so that commits' synced writes wait less behind
+        /// them; set it well above what they need at peak load, or writes stall.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        background_write_mib_per_s: Option<u64>,
     },
     /// Append commands read as JSON Lines from stdin; one JSON line out per line in, in order.
     Append {
@@ -197,6 +202,7 @@ fn main() -> ExitCode {
             token,
             keep_depot_records,
             producer_expiry_secs,
+            background_write_mib_per_s,
         } => remote::serve(
             &data,
             listen,
@@ -204,6 +210,7 @@ fn main() -> ExitCode {
             token,
             keep_depot_records,
             producer_expiry_secs.map(Duration::from_secs),
+            background_write_mib_per_s.map(|mib| mib << 20),
         ),
         Cmd::Append {
             server,

@@ -53,6 +53,7 @@ pub fn serve(
     token: Option<String>,
     keep_depot_records: Option<u64>,
     producer_expiry: Option<Duration>,
+    background_write_bytes_per_s: Option<u64>,
 ) -> anyhow::Result<ExitCode> {
     let stored = if data.join("CURRENT").exists() {
         Engine::stored_depot_partitions(data, DEPOT)?
@@ -79,6 +80,7 @@ pub fn serve(
     if let Some(expiry) = producer_expiry {
         options.producer_expiry = expiry;
     }
+    options.background_write_bytes_per_s = background_write_bytes_per_s;
     let engine = Engine::builder(data)
         .options(options)
         .depot(&handles.commands)
