@@ -11,8 +11,8 @@ use lockstep_topologies::components::{components, Components};
 /// worth: `LOCKSTEP_STATE_CACHE_MIB` sets the state cache's size (0 turns it off), and
 /// `LOCKSTEP_BLOCK_CACHE_MIB` RocksDB's block cache. `LOCKSTEP_BATCH_RECORDS_MAX` sets the
 /// records a partition takes per batch. `LOCKSTEP_KEEP_DEPOT_RECORDS` turns depot retention on,
-/// keeping that many records per partition. `LOCKSTEP_BACKGROUND_WRITE_MIB_PER_S` limits what
-/// RocksDB's flushes and compactions write a second.
+/// keeping that many records per partition. `LOCKSTEP_BACKGROUND_WRITE_MIB_PER_S` (at least 1)
+/// limits what RocksDB's flushes and compactions write a second.
 pub fn open_lockstep(dir: &Path, partitions: u32) -> anyhow::Result<(Arc<Engine>, Components)> {
     open_lockstep_with(dir, partitions, EngineOptions::default())
 }
@@ -32,7 +32,13 @@ pub fn open_lockstep_with(
         options.block_cache_bytes = mib << 20;
     }
     if let Some(mib) = env_mib("LOCKSTEP_BACKGROUND_WRITE_MIB_PER_S")? {
-        options.background_write_bytes_per_s = Some((mib as u64) << 20);
+        let bytes_per_s = (mib as u64)
+            .checked_mul(1 << 20)
+            .filter(|_| mib > 0)
+            .ok_or_else(|| {
+                anyhow::anyhow!("LOCKSTEP_BACKGROUND_WRITE_MIB_PER_S={mib} is not 1..2^44")
+            })?;
+        options.background_write_bytes_per_s = Some(bytes_per_s);
     }
     if let Some(records) = env_number("LOCKSTEP_BATCH_RECORDS_MAX")? {
         options.batch_records_max = records;

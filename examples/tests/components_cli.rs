@@ -113,7 +113,8 @@ fn bad_invocations_fail_cleanly() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least 1"));
 
-    // A limit of 0 would stop every flush: refused before anything is opened.
+    // A limit of 0 MiB/s is no limit one would mean (the engine would raise it to its least,
+    // 1 MiB/s): refused before anything is opened.
     let out = bin()
         .args(["serve", "--background-write-mib-per-s", "0", "--data"])
         .arg(dir.path().join("unopened"))

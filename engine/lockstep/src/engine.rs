@@ -155,10 +155,12 @@ pub struct EngineOptions {
     /// append-to-visible p99 in 14 of 18 alternated pairs (median 65 → 44 ms), left the
     /// network p99 as it was, and raised the p50s (embedded 8.6 → 10.0 ms, network 13.0 →
     /// 16.5) (BENCHMARKS.md, *Background writes at a limited rate*). It is not the default
-    /// because a limit that suits one disk and load starves another: a large state's
-    /// compactions need far more than 16 MiB/s, and when they fall behind RocksDB slows and
-    /// then stops writes. Set it to a fraction of what the disk sustains, above what flushes
-    /// and compactions need at the engine's peak load.
+    /// because a limit that suits one disk and load can starve another: compactions rewrite
+    /// more as the state grows (that benchmark's state is small, and a large state's need was
+    /// not measured), and when they fall behind, RocksDB slows writes and then stops them.
+    /// Slowed writes then go at this rate too (RocksDB's `delayed_write_rate` follows its
+    /// limiter), not at RocksDB's usual 16 MiB/s. Set it to a fraction of what the disk
+    /// sustains, above what flushes and compactions need at the engine's peak load.
     pub background_write_bytes_per_s: Option<u64>,
     /// Whether consumed depot records are deleted (`None`, the default: nothing is deleted, so
     /// a topology added later, or a replay, can read a depot from its start; partitions

@@ -24,8 +24,9 @@ pub(crate) const CF_META: &str = "meta";
 const STATE_PREFIX_EXTRACTOR: &str = "lockstep.bloom_prefix.1";
 
 /// The least [`RocksStore::open_limited`] lets flushes and compactions write a second: below
-/// it a memtable of the `depot` family (64 MiB) would take over a minute to flush, and writes
-/// would stop waiting for it.
+/// it, a flush of a full `depot` memtable (64 MiB; 26 MB of table file in the component
+/// benchmark, up to 64 MiB for incompressible records) would take from half a minute to over
+/// a minute, and writes would stop waiting for it.
 pub(crate) const BACKGROUND_WRITE_BYTES_PER_S_MIN: u64 = 1 << 20;
 
 /// Memtable size of the `state` column family (why not RocksDB's default: `RocksStore::open`).

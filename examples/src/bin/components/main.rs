@@ -90,8 +90,9 @@ enum Cmd {
         producer_expiry_secs: Option<u64>,
         /// Limit what the storage's flushes and compactions write, in MiB a second (default:
         /// no limit). Smooths their bursts so that commits' synced writes wait less behind
-        /// them; set it well above what they need at peak load, or writes stall.
-        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        /// them; set it well above what they need at peak load, or writes stall. At most
+        /// 1048576 (1 TiB/s).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
         background_write_mib_per_s: Option<u64>,
     },
     /// Append commands read as JSON Lines from stdin; one JSON line out per line in, in order.
