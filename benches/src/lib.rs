@@ -1,7 +1,7 @@
 //! Shared pieces of the Lockstep benchmark binaries.
 
 // jemalloc rather than the system allocator: it halves the allocator's share of the batch
-// driver's time (BENCHMARKS.md, "Memory allocator"). Binaries choose; the engine's libraries
+// driver's time (benches/EXPERIMENTS.md, "Memory allocator"). Binaries choose; the engine's libraries
 // do not.
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]

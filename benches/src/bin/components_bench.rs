@@ -1540,8 +1540,8 @@ fn main() -> anyhow::Result<()> {
     if args.latency_seconds < FLUSH_SECONDS_MIN {
         println!(
             "latency runs of {} s are too short for RocksDB to flush a memtable; in steady state \
-             (--latency-seconds 15, the default) the p99 is several times higher (BENCHMARKS.md, \
-             *Latency in steady state*)",
+             (--latency-seconds 15, the default) the p99 is several times higher \
+             (benches/EXPERIMENTS.md, *Latency in steady state*)",
             args.latency_seconds
         );
     }

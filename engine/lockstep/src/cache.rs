@@ -5,8 +5,8 @@
 //! and mostly what was written lately: a component is updated, reparented or given children
 //! soon after it is created. Those keys sit in the memtable, whose skiplist grows to millions
 //! of entries under a steady load; searching it and comparing its keys took a fifth of the
-//! whole process's CPU in a profile of such a load, with the cache off (BENCHMARKS.md, *A
-//! write-through state cache, on by default*). A hash lookup costs a fraction of that. So
+//! whole process's CPU in a profile of such a load, with the cache off (benches/EXPERIMENTS.md,
+//! *A write-through state cache, on by default*). A hash lookup costs a fraction of that. So
 //! the cache is filled from both sides:
 //!
 //! - **Write-through.** A topology's batch commit, the one writer of its keys, inserts every
@@ -30,8 +30,8 @@
 //! most [`GROUP_ENTRIES_MAX`]. Hot sets change in nearly every batch, so each RocksDB scan of
 //! one seeks every memtable and table file and walks every version of every element the
 //! memtable holds, tombstones included: some 13 internal entries and several microseconds a
-//! scan, and over 40% of the driver's time in a sustained component run (BENCHMARKS.md, *Set
-//! scans from the cache*). A commit refreshes each cached group it wrote into, in place, as
+//! scan, and over 40% of the driver's time in a sustained component run (benches/EXPERIMENTS.md,
+//! *Set scans from the cache*). A commit refreshes each cached group it wrote into, in place, as
 //! it refreshes point entries. Empty groups are cached too (a deleted component's children);
 //! the cache's eviction keeps the hot ones. A group is filled on a miss, and that fill may race a
 //! commit of the same group (a pipelined batch scans the committed state under the committing

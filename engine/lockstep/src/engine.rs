@@ -127,7 +127,7 @@ pub struct EngineOptions {
     /// append-to-visible p99 4–6× embedded and 1.3–1.9× over the network, and it drained a
     /// 2-million-command backlog ~20% faster. It costs bulk loads of fresh keys about a
     /// quarter of their rate, random reads over a large state nothing measurable, and the
-    /// memory (BENCHMARKS.md, *A write-through state cache, on by default*). Set 0 for a
+    /// memory (benches/EXPERIMENTS.md, *A write-through state cache, on by default*). Set 0 for a
     /// load-only engine or when memory is short.
     pub state_cache_bytes_max: usize,
     /// Bytes of RocksDB's cache of uncompressed table blocks, shared by the depots, the
@@ -154,7 +154,7 @@ pub struct EngineOptions {
     /// machine at 130,000 component commands/s, 16 MiB/s lowered the embedded
     /// append-to-visible p99 in 14 of 18 alternated pairs (median 65 → 44 ms), left the
     /// network p99 as it was, and raised the p50s (embedded 8.6 → 10.0 ms, network 13.0 →
-    /// 16.5) (BENCHMARKS.md, *Background writes at a limited rate*). It is not the default
+    /// 16.5) (benches/EXPERIMENTS.md, *Background writes at a limited rate*). It is not the default
     /// because a limit that suits one disk and load can starve another: compactions rewrite
     /// more as the state grows (that benchmark's state is small, and a large state's need was
     /// not measured), and when they fall behind, RocksDB slows writes and then stops them.

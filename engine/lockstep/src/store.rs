@@ -159,7 +159,7 @@ impl RocksStore {
                 // committer's time, and the committer, which also waits for the sync, is what
                 // paces a loaded pipeline. The state cache answers most reads before they reach
                 // a memtable; what the filter saved the driver on the rest was less than it
-                // cost (BENCHMARKS.md, *No memtable filter*).
+                // cost (benches/EXPERIMENTS.md, *No memtable filter*).
                 //
                 // And they are 32 MiB, not RocksDB's 64. A batch rewrites keys it rewrote
                 // before, so its inserts land among the versions the memtable holds of them,
@@ -167,7 +167,7 @@ impl RocksStore {
                 // the entries in between: half the memtable made the committer 16% cheaper
                 // and a sustained run 6% faster. At 16 MiB, flushes and compactions came so
                 // often that at 1M components the p50 latency grew eightfold and the p99
-                // threefold (BENCHMARKS.md, *Smaller memtables*).
+                // threefold (benches/EXPERIMENTS.md, *Smaller memtables*).
                 cf_options.set_write_buffer_size(STATE_WRITE_BUFFER_BYTES);
                 // The table files' filters also hold each key's bloom prefix, so that a scan
                 // of a set that a file lacks (a deleted leaf's children: most cascade steps)

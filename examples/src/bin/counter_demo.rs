@@ -2,7 +2,7 @@
 //! appenders, checked against a direct computation, with a short report.
 
 // jemalloc rather than the system allocator: it halves the allocator's share of the batch
-// driver's time (BENCHMARKS.md, "Memory allocator"). Binaries choose; the engine's libraries
+// driver's time (benches/EXPERIMENTS.md, "Memory allocator"). Binaries choose; the engine's libraries
 // do not.
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
