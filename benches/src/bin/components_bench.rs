@@ -554,19 +554,16 @@ async fn start_server(
 }
 
 fn lockstep_network(args: &Args, work: &Workloads) -> anyhow::Result<(f64, u64)> {
-    let dir = tempfile::tempdir()?;
-    let (engine, handles) = open_lockstep(dir.path(), args.partitions)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let seconds = runtime.block_on(async {
-        let (address, stop, serving) = start_server(engine.clone()).await?;
-        let clients = network_clients(args, &address).await?;
+    let mut served = Served::start(args)?;
+    // Each client is a task of the server's runtime, so the short run pays no thread switch
+    // between a client's calls.
+    let clients = served.take_clients()?;
+    let seconds = served.runtime.block_on(async {
         let started = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
         for (c, mut client) in clients.into_iter().enumerate() {
             let commands = work.per_client[c].clone();
-            let depot = handles.commands.clone();
+            let depot = served.handles.commands.clone();
             let chunk = args.chunk;
             tasks.spawn(async move {
                 let mut last = None;
@@ -584,16 +581,15 @@ fn lockstep_network(args: &Args, work: &Workloads) -> anyhow::Result<(f64, u64)>
         while let Some(joined) = tasks.join_next().await {
             joined??;
         }
-        let seconds = started.elapsed().as_secs_f64();
-        let _ = stop.send(());
-        serving.await??;
-        anyhow::Ok(seconds)
+        anyhow::Ok(started.elapsed().as_secs_f64())
     })?;
+    let (engine, handles, _dir) = served.stop_serving()?;
     Ok((seconds, lockstep_digest(&engine, &handles)?))
 }
 
-/// A fresh engine served on a loopback port, with one client connection per bench client,
-/// for runs that call through blocking client threads.
+/// A fresh engine served on a loopback port, with one client connection per bench client:
+/// for runs that call through blocking client threads, or that take the clients into tasks
+/// of the server's runtime.
 struct Served {
     // Held for the engine's life: dropping it deletes the data directory.
     dir: tempfile::TempDir,
@@ -631,9 +627,19 @@ impl Served {
 
     /// Client `c`'s connection, for the calling thread's turn.
     fn client(&self, c: usize) -> anyhow::Result<std::sync::MutexGuard<'_, Client>> {
-        self.clients[c]
+        self.clients
+            .get(c)
+            .ok_or_else(|| anyhow::anyhow!("client {c} was taken or never connected"))?
             .lock()
             .map_err(|_| anyhow::anyhow!("poisoned"))
+    }
+
+    /// The clients, for tasks that own them; [`Served::client`] then has none to lend.
+    fn take_clients(&mut self) -> anyhow::Result<Vec<Client>> {
+        std::mem::take(&mut self.clients)
+            .into_iter()
+            .map(|client| client.into_inner().map_err(|_| anyhow::anyhow!("poisoned")))
+            .collect()
     }
 
     /// Stops the server and waits for it; the engine stays open.
