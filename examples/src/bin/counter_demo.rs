@@ -2,8 +2,8 @@
 //! appenders, checked against a direct computation, with a short report.
 
 // jemalloc rather than the system allocator: it halves the allocator's share of the batch
-// driver's time (benches/EXPERIMENTS.md, "Memory allocator"). Binaries choose; the engine's libraries
-// do not.
+// driver's time (benches/EXPERIMENTS.md, "Memory allocator"). Binaries choose; the engine's
+// libraries do not.
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

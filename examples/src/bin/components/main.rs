@@ -9,8 +9,8 @@ mod json;
 mod remote;
 
 // jemalloc rather than the system allocator: it halves the allocator's share of the batch
-// driver's time (benches/EXPERIMENTS.md, "Memory allocator"). Binaries choose; the engine's libraries
-// do not.
+// driver's time (benches/EXPERIMENTS.md, "Memory allocator"). Binaries choose; the engine's
+// libraries do not.
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
