@@ -42,13 +42,7 @@ fn recorded_bytes_per_sync(dir: &Path) -> u64 {
 fn open_process_close(dir: &Path, options: EngineOptions) -> u64 {
     let ledger = common::ledger(2);
     let engine = common::open(dir, &ledger, options).expect("open");
-    let ops: Vec<common::Op> = (0..100)
-        .map(|key| common::Op {
-            key,
-            amount: 1,
-            mirror: key + 100,
-        })
-        .collect();
+    let ops = common::sample_ops(100);
     let ids = engine.append_many(&ledger.ops, &ops).expect("append");
     engine
         .wait_for(
