@@ -37,6 +37,20 @@ pub fn disk_bytes(dir: &Path) -> u64 {
     total
 }
 
+/// Bytes of RocksDB's write-ahead log files (`*.log`) directly in `dir`: what opening the
+/// database there replays.
+pub fn wal_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|entry| entry.path().extension().is_some_and(|ext| ext == "log"))
+        .filter_map(|entry| entry.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
 /// A `kB` field (`VmRSS:`, `VmHWM:`) of `/proc/{pid}/status`; 0 where there is none.
 pub fn status_kib(pid: &str, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

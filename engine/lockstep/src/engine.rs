@@ -27,7 +27,7 @@ use crate::error::Error;
 use crate::faults::{faulted_write, DurableWrite, StorageFaults};
 use crate::producers::{CallKind, Producers, EXPIRED_PER_GROUP_MAX};
 use crate::snapshot::Snapshot;
-use crate::store::{depot_entry_bytes, RocksStore};
+use crate::store::{depot_entry_bytes, RocksStore, StoreOptions, WAL_BYTES_MAX_DEFAULT};
 
 /// Who starts batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -162,6 +162,21 @@ pub struct EngineOptions {
     /// limiter), not at RocksDB's usual 16 MiB/s. Set it to a fraction of what the disk
     /// sustains, above what flushes and compactions need at the engine's peak load.
     pub background_write_bytes_per_s: Option<u64>,
+    /// Most bytes of write-ahead log RocksDB keeps (below 1 MiB counts as 1 MiB): once its
+    /// live log files pass it, RocksDB flushes the memtables that still need the oldest one,
+    /// so that it can go. A restart replays the log kept before the engine serves, so this
+    /// bounds the restart's time as well as the log's room on disk. Freed log files are
+    /// written over rather than deleted (up to 4 of them wait to be), so the log takes up to
+    /// those files' room more.
+    ///
+    /// 256 MiB by default: a restart replayed 140–200 MiB in about a second after a
+    /// 15-second sustained run of the component benchmark, against 422–449 MiB in about two
+    /// seconds with RocksDB's own bound, which a long-running engine never reached (it lets
+    /// the log grow to four times the memtables' total, 1.25 GiB, and the engine's catalog
+    /// memtable, written a few bytes a commit, keeps every log file alive until then). Much
+    /// less flushes memtables before they fill: more, smaller table files, more compaction
+    /// (benches/EXPERIMENTS.md, *A bounded, recycled write-ahead log*).
+    pub wal_bytes_max: u64,
     /// Whether consumed depot records are deleted (`None`, the default: nothing is deleted, so
     /// a topology added later, or a replay, can read a depot from its start; partitions
     /// trimmed while retention was on stay trimmed).
@@ -222,6 +237,7 @@ impl Default for EngineOptions {
             state_cache_bytes_max: STATE_CACHE_BYTES_DEFAULT,
             block_cache_bytes: BLOCK_CACHE_BYTES_DEFAULT,
             background_write_bytes_per_s: None,
+            wal_bytes_max: WAL_BYTES_MAX_DEFAULT,
             depot_retention: None,
             producer_expiry: PRODUCER_EXPIRY_DEFAULT,
             maintenance_interval: Some(MAINTENANCE_INTERVAL_DEFAULT),
@@ -870,10 +886,13 @@ impl Engine {
             op: "create data directory",
             message: e.to_string(),
         })?;
-        let store = RocksStore::open_limited(
+        let store = RocksStore::open_with(
             &builder.path,
-            builder.options.block_cache_bytes,
-            builder.options.background_write_bytes_per_s,
+            &StoreOptions {
+                block_cache_bytes: builder.options.block_cache_bytes,
+                background_write_bytes_per_s: builder.options.background_write_bytes_per_s,
+                wal_bytes_max: builder.options.wal_bytes_max,
+            },
         )?;
         let specs: Vec<Arc<DepotSpec>> = builder.depots.iter().map(|d| d.spec.clone()).collect();
         let (catalog, retired) = catalog::resolve(

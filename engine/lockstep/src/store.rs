@@ -23,11 +23,46 @@ pub(crate) const CF_META: &str = "meta";
 /// under the old one are read without their prefix filters rather than wrongly.
 const STATE_PREFIX_EXTRACTOR: &str = "lockstep.bloom_prefix.1";
 
-/// The least [`RocksStore::open_limited`] lets flushes and compactions write a second: below
+/// The least [`StoreOptions::background_write_bytes_per_s`] lets flushes and compactions write a second: below
 /// it, a flush of a full `depot` memtable (64 MiB; 26 MB of table file in the component
 /// benchmark, up to 64 MiB for incompressible records) would take from half a minute to over
 /// a minute, and writes would stop waiting for it.
 pub(crate) const BACKGROUND_WRITE_BYTES_PER_S_MIN: u64 = 1 << 20;
+
+/// [`StoreOptions::wal_bytes_max`] unless set otherwise (see `EngineOptions::wal_bytes_max`).
+pub(crate) const WAL_BYTES_MAX_DEFAULT: u64 = 256 << 20;
+
+/// The least [`StoreOptions::wal_bytes_max`]: a bound that small already flushes a memtable
+/// every few hundred commits under load.
+pub(crate) const WAL_BYTES_MAX_MIN: u64 = 1 << 20;
+
+/// Freed write-ahead log files kept to be written over (RocksDB's `recycle_log_file_num`).
+/// Files are freed a few at a time, when the last memtable a file holds data of is flushed.
+const WAL_FILES_RECYCLED: usize = 4;
+
+/// How [`RocksStore::open_with`] sets the database up, beyond what every store shares.
+#[derive(Debug, Clone)]
+pub(crate) struct StoreOptions {
+    /// Bytes of the one cache of uncompressed table blocks the three column families share.
+    pub(crate) block_cache_bytes: usize,
+    /// Most bytes a second flushes and compactions write, on average (`None`: no limit); at
+    /// least [`BACKGROUND_WRITE_BYTES_PER_S_MIN`].
+    pub(crate) background_write_bytes_per_s: Option<u64>,
+    /// Most bytes of live write-ahead log files, at least [`WAL_BYTES_MAX_MIN`].
+    pub(crate) wal_bytes_max: u64,
+}
+
+impl StoreOptions {
+    /// A block cache of `block_cache_bytes`, no limit on background writes, and a write-ahead
+    /// log of at most [`WAL_BYTES_MAX_DEFAULT`].
+    pub(crate) fn new(block_cache_bytes: usize) -> Self {
+        Self {
+            block_cache_bytes,
+            background_write_bytes_per_s: None,
+            wal_bytes_max: WAL_BYTES_MAX_DEFAULT,
+        }
+    }
+}
 
 /// Memtable size of the `state` column family (why not RocksDB's default: `RocksStore::open`).
 const STATE_WRITE_BUFFER_BYTES: usize = 32 << 20;
@@ -112,22 +147,16 @@ impl std::fmt::Debug for RocksStore {
 }
 
 impl RocksStore {
-    /// Opens (or creates) the database at `path`. `block_cache_bytes` sizes the one cache of
-    /// uncompressed table blocks that the three column families share (RocksDB would otherwise
-    /// give each its own 32 MiB). Flushes and compactions write as fast as they can.
+    /// Opens (or creates) the database at `path` with the defaults of [`StoreOptions::new`]:
+    /// `block_cache_bytes` sizes the one cache of uncompressed table blocks that the three
+    /// column families share (RocksDB would otherwise give each its own 32 MiB).
     pub(crate) fn open(path: &Path, block_cache_bytes: usize) -> Result<Self, StoreError> {
-        Self::open_limited(path, block_cache_bytes, None)
+        Self::open_with(path, &StoreOptions::new(block_cache_bytes))
     }
 
-    /// [`RocksStore::open`], with flushes and compactions writing at most
-    /// `background_write_bytes_per_s` on average when it is `Some` (at least
-    /// [`BACKGROUND_WRITE_BYTES_PER_S_MIN`]; see `EngineOptions::background_write_bytes_per_s`).
-    pub(crate) fn open_limited(
-        path: &Path,
-        block_cache_bytes: usize,
-        background_write_bytes_per_s: Option<u64>,
-    ) -> Result<Self, StoreError> {
-        let block_cache = Cache::new_lru_cache(block_cache_bytes);
+    /// Opens (or creates) the database at `path`, set as `store_options` says.
+    pub(crate) fn open_with(path: &Path, store_options: &StoreOptions) -> Result<Self, StoreError> {
+        let block_cache = Cache::new_lru_cache(store_options.block_cache_bytes);
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
@@ -136,7 +165,22 @@ impl RocksStore {
         options.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
         options.set_paranoid_checks(true);
         options.set_max_background_jobs(2);
-        if let Some(bytes_per_s) = background_write_bytes_per_s {
+        // Past `wal_bytes_max` of live log files, RocksDB flushes the column families that
+        // hold the oldest one, so that it can go. RocksDB's own bound, four times the
+        // memtables' total (1.25 GiB here), is no bound in practice: the `meta` family takes a
+        // few bytes a commit, so its memtable fills after hours, and until then it keeps every
+        // log file since the engine opened. A restart replays them all: 422–449 MiB, 1.9–2.4 s,
+        // after a 15-second sustained component benchmark run, and growing with uptime
+        // (benches/EXPERIMENTS.md, *A bounded, recycled write-ahead log*).
+        options.set_max_total_wal_size(store_options.wal_bytes_max.max(WAL_BYTES_MAX_MIN));
+        // Freed log files are written over instead of deleted and created anew. A synced
+        // append to a fresh log file (RocksDB preallocates it) makes ext4 record the file's
+        // new size and written extents in its journal at every sync; writing over blocks the
+        // file already has needs none of that. Point-in-time recovery reads a recycled file's
+        // records up to the first one of an earlier life of the file (each record names its
+        // log), as it stops at a torn tail.
+        options.set_recycle_log_file_num(WAL_FILES_RECYCLED);
+        if let Some(bytes_per_s) = store_options.background_write_bytes_per_s {
             let bytes_per_s = bytes_per_s.max(BACKGROUND_WRITE_BYTES_PER_S_MIN);
             // RocksDB's limiter hands out write budget every refill period; 100 ms and a
             // fairness of 10 are its defaults. It also turns on `bytes_per_sync` (1 MiB),
@@ -833,7 +877,9 @@ mod tests {
     #[test]
     fn a_flush_keeps_to_the_background_write_limit() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = RocksStore::open_limited(dir.path(), 1 << 20, Some(0)).expect("open");
+        let mut store_options = StoreOptions::new(1 << 20);
+        store_options.background_write_bytes_per_s = Some(0);
+        let store = RocksStore::open_with(dir.path(), &store_options).expect("open");
         let cf = store.cf(CF_STATE).expect("state family");
         let mut noise = 0x9E37_79B9_7F4A_7C15_u64;
         let mut batch = WriteBatch::default();
@@ -856,6 +902,64 @@ mod tests {
             took >= std::time::Duration::from_secs(2),
             "3 MiB flushed in {took:?}, faster than 1 MiB/s allows"
         );
+    }
+
+    /// Freed log files are written over, and what is written into one replays at the next
+    /// open, where the records the file held before end its replay. Round 1 fills a log and
+    /// is flushed (the first flush moves writes to a new log; the others find it empty and
+    /// keep it), which frees the log; round 2 goes to the new log and is flushed, and the log
+    /// after it is the freed one, written over; round 3, shorter than round 1, leaves round
+    /// 1's later records in the file behind its own. Replaying those would bring back round 1's
+    /// values over round 2's.
+    #[test]
+    fn a_recycled_write_ahead_log_replays_only_its_own_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RocksStore::open(dir.path(), 1 << 20).expect("open");
+        let write_round = |round: u8, keys: u8| {
+            let mut batch = WriteBatch::default();
+            for name in [CF_DEPOT, CF_STATE, CF_META] {
+                let cf = store.cf(name).expect("family");
+                for key in 0..keys {
+                    batch.put_cf(cf, [key], [round; 100]);
+                }
+            }
+            store.db.write_opt(batch, &synced()).expect("write");
+        };
+        for round in 1..=2 {
+            write_round(round, 64);
+            for name in [CF_DEPOT, CF_STATE, CF_META] {
+                store
+                    .db
+                    .flush_cf(store.cf(name).expect("family"))
+                    .expect("flush");
+            }
+        }
+        write_round(3, 16);
+        // The files as a crash would leave them: a clean close would cut the log file down to
+        // what this life of it wrote.
+        let crashed = tempfile::tempdir().expect("tempdir");
+        for entry in std::fs::read_dir(dir.path()).expect("read data directory") {
+            let path = entry.expect("entry").path();
+            if let Some(name) = path.file_name() {
+                std::fs::copy(&path, crashed.path().join(name)).expect("copy");
+            }
+        }
+        drop(store);
+        let info_log = std::fs::read_to_string(dir.path().join("LOG")).expect("RocksDB's LOG");
+        assert!(
+            info_log.contains("from recycle list"),
+            "no log file was written over"
+        );
+
+        let store = RocksStore::open(crashed.path(), 1 << 20).expect("reopen");
+        for name in [CF_DEPOT, CF_STATE, CF_META] {
+            let cf = store.cf(name).expect("family");
+            for key in 0u8..64 {
+                let value = store.db.get_cf(cf, [key]).expect("get");
+                let round = if key < 16 { 3 } else { 2 };
+                assert_eq!(value, Some(vec![round; 100]), "{name} key {key}");
+            }
+        }
     }
 
     /// A commit's mark spans its synced write: taken once the write batch is built (nothing of
