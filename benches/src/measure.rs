@@ -1,6 +1,7 @@
 //! Measurement helpers shared by the benchmark binaries: percentiles and medians, process
 //! memory and bytes on disk, and the client runners (closed loop and open loop).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -37,17 +38,40 @@ pub fn disk_bytes(dir: &Path) -> u64 {
     total
 }
 
-/// Bytes of RocksDB's write-ahead log files (`*.log`) directly in `dir`: what opening the
-/// database there replays.
-pub fn wal_bytes(dir: &Path) -> u64 {
+/// RocksDB's write-ahead log files directly in `dir` (`000123.log`), by file number, and their
+/// bytes: the live ones and the freed ones kept to be written over.
+pub fn wal_files_bytes(dir: &Path) -> BTreeMap<u64, u64> {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
+        return BTreeMap::new();
     };
     entries
         .flatten()
-        .filter(|entry| entry.path().extension().is_some_and(|ext| ext == "log"))
-        .filter_map(|entry| entry.metadata().ok())
-        .map(|m| m.len())
+        .filter_map(|entry| {
+            let name = entry.file_name();
+            let number = name.to_str()?.strip_suffix(".log")?.parse().ok()?;
+            Some((number, entry.metadata().ok()?.len()))
+        })
+        .collect()
+}
+
+/// Bytes of the write-ahead log files the last open of the database in `dir` replayed, as its
+/// info log (`LOG`) names them (`Recovering log #N`), sized from `before`, the files as
+/// [`wal_files_bytes`] found them before that open: freed files kept to be written over are
+/// in the directory too, and the open skips them.
+pub fn replayed_wal_bytes(dir: &Path, before: &BTreeMap<u64, u64>) -> u64 {
+    let Ok(info_log) = std::fs::read_to_string(dir.join("LOG")) else {
+        return 0;
+    };
+    let replayed: BTreeSet<u64> = info_log
+        .lines()
+        .filter_map(|line| {
+            let rest = &line[line.find("Recovering log #")? + "Recovering log #".len()..];
+            rest.split(' ').next()?.parse().ok()
+        })
+        .collect();
+    replayed
+        .iter()
+        .filter_map(|number| before.get(number))
         .sum()
 }
 

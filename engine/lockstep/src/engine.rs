@@ -169,13 +169,13 @@ pub struct EngineOptions {
     /// written over rather than deleted (up to 4 of them wait to be), so the log takes up to
     /// those files' room more.
     ///
-    /// 256 MiB by default: a restart replayed 140–200 MiB in about a second after a
-    /// 15-second sustained run of the component benchmark, against 422–449 MiB in about two
-    /// seconds with RocksDB's own bound, which a long-running engine never reached (it lets
-    /// the log grow to four times the memtables' total, 1.25 GiB, and the engine's catalog
-    /// memtable, written a few bytes a commit, keeps every log file alive until then). Much
-    /// less flushes memtables before they fill: more, smaller table files, more compaction
-    /// (benches/EXPERIMENTS.md, *A bounded, recycled write-ahead log*).
+    /// 256 MiB by default: a restart replayed 207–213 MiB and opened in 0.9–1.0 s after a
+    /// 15-second sustained run of the component benchmark, against 422–449 MiB and 1.9–2.4 s
+    /// without a bound of the engine's, and more the longer the engine ran, up to
+    /// RocksDB's own bound of four times the memtables' total (1.75 GiB): the catalog's
+    /// memtable, written a few bytes a commit, keeps every log file alive until then. A much
+    /// smaller bound flushes memtables before they fill: more, smaller table files, more
+    /// compaction (benches/EXPERIMENTS.md, *A bounded, recycled write-ahead log*).
     pub wal_bytes_max: u64,
     /// Whether consumed depot records are deleted (`None`, the default: nothing is deleted, so
     /// a topology added later, or a replay, can read a depot from its start; partitions

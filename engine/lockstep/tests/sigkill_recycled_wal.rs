@@ -28,8 +28,8 @@ fn child_appends_until_killed() {
     });
 }
 
-/// How many times RocksDB's info logs in `dir` (the child's, kept as `LOG.old.*` once the
-/// engine reopens) say a log file was taken from the freed ones.
+/// How many times RocksDB's info logs in `dir` (the child's, and any of its earlier opens')
+/// say a log file was taken from the freed ones.
 fn log_files_written_over(dir: &Path) -> usize {
     std::fs::read_dir(dir)
         .expect("read data directory")
