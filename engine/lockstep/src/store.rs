@@ -24,9 +24,9 @@ pub(crate) const CF_META: &str = "meta";
 const STATE_PREFIX_EXTRACTOR: &str = "lockstep.bloom_prefix.1";
 
 /// The least [`StoreOptions::background_write_bytes_per_s`] lets flushes and compactions
-/// write a second: below it, a flush of a full `depot` memtable (64 MiB; 26 MB of table file in the component
-/// benchmark, up to 64 MiB for incompressible records) would take from half a minute to over
-/// a minute, and writes would stop waiting for it.
+/// write a second: below it, a flush of a full `depot` memtable (64 MiB; 26 MB of table file
+/// in the component benchmark, up to 64 MiB for incompressible records) would take from half
+/// a minute to over a minute, and writes would stop waiting for it.
 pub(crate) const BACKGROUND_WRITE_BYTES_PER_S_MIN: u64 = 1 << 20;
 
 /// [`StoreOptions::wal_bytes_max`] unless set otherwise (see `EngineOptions::wal_bytes_max`).

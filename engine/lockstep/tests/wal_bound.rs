@@ -2,7 +2,8 @@
 //! load, an engine with the least bound (1 MiB) keeps a few MiB of log files at any time,
 //! where one with the default bound keeps all it wrote; and the bounded engine, closed and
 //! reopened, shows the state it committed. (That a freed log file written over replays only
-//! its own records is the store's unit test `a_recycled_write_ahead_log_replays_only_its_own_records`.)
+//! its own records is the store's unit test
+//! `a_recycled_write_ahead_log_replays_only_its_own_records`.)
 
 mod common;
 
